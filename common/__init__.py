@@ -1,0 +1,1 @@
+"""Shared types and plumbing for every stage of the pipeline."""

@@ -1,0 +1,202 @@
+"""Shard ownership through Redis leases.
+
+A lease is a key holding its owner's token that expires unless renewed. Fixed shards
+(STREAMER_SHARD_IDS) are taken over at once; otherwise each replica registers itself and claims
+free shards up to its fair share (ceil(shards / live replicas)), handing extras back when new
+replicas join. Every write a stage makes for a shard goes through a script that first checks
+`GET lease == token` (see `FENCE_LUA`), so a stale owner that lost its lease cannot go on writing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from common.keys import Keys
+
+log = logging.getLogger(__name__)
+
+FENCE_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('LEASELOST shard lease is not held by this process')
+end
+"""
+"""Prefix for write scripts: KEYS[1] is the lease key and ARGV[1] the token."""
+
+_ACQUIRE = """
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] or not current or ARGV[3] == '1' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def new_token(stage: str) -> str:
+    return f"{stage}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class ShardWorkers(Protocol):
+    """What a stage runs per owned shard."""
+
+    async def start_shard(self, shard: int) -> None: ...
+
+    async def stop_shard(self, shard: int, *, graceful: bool) -> None: ...
+
+
+class ShardClaimer:
+    """Keeps this process's set of owned shards right, and its leases alive."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        stage: str,
+        shards: int,
+        fixed: tuple[int, ...] | None,
+        ttl_ms: int,
+        workers: ShardWorkers,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._stage = stage
+        self._shards = shards
+        self._fixed = fixed
+        self._ttl_ms = ttl_ms
+        self._workers = workers
+        self.token = new_token(stage)
+        self.owned: dict[int, float] = {}  # shard -> monotonic time of the last good renewal
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+        self.changes = 0
+        self._forced: set[int] = set()
+
+    @property
+    def period_s(self) -> float:
+        return self._ttl_ms / 3000
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim, renew and rebalance until `stop`; then stop the workers and release."""
+        try:
+            while not stop.is_set():
+                try:
+                    await self.step()
+                except RedisError as exc:
+                    log.warning("lease step failed: %r", exc)
+                    await self._expire_unrenewed()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.period_s)
+        finally:
+            await self.release_all()
+
+    async def step(self) -> None:
+        await self._renew_owned()
+        wanted = await self._wanted_count()
+        for shard in sorted(self.owned)[wanted:]:
+            await self._hand_back(shard)
+        for shard in self._candidates():
+            if len(self.owned) >= wanted:
+                break
+            # A fixed shard is taken over once, at start (its previous process is presumed dead,
+            # as after kill -9 under supervisord); after losing it, wait until it is free again.
+            force = "1" if self._fixed is not None and shard not in self._forced else "0"
+            self._forced.add(shard)
+            got = await self._acquire(
+                keys=[self._keys.lease(self._stage, shard)],
+                args=[self.token, self._ttl_ms, force],
+            )
+            if got:
+                self.owned[shard] = time.monotonic()
+                self.changes += 1
+                log.info("shard %d acquired by %s", shard, self.token)
+                await self._workers.start_shard(shard)
+
+    def _candidates(self) -> list[int]:
+        if self._fixed is not None:
+            return [k for k in self._fixed if k not in self.owned]
+        # Start at a replica-specific offset so replicas do not all race for shard 0 first.
+        offset = sum(self.token.encode()) % self._shards
+        order = [(offset + i) % self._shards for i in range(self._shards)]
+        return [k for k in order if k not in self.owned]
+
+    async def _wanted_count(self) -> int:
+        if self._fixed is not None:
+            return len(self._fixed)
+        members = await self._live_members()
+        return math.ceil(self._shards / max(1, members))
+
+    async def _live_members(self) -> int:
+        seconds, micros = await self._redis.time()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        key = self._keys.members(self._stage)
+        await self._redis.hset(key, self.token, now_ms + self._ttl_ms)
+        members = await self._redis.hgetall(key)
+        expired = [m for m, expiry in members.items() if int(expiry) < now_ms]
+        if expired:
+            await self._redis.hdel(key, *expired)
+        return len(members) - len(expired)
+
+    async def _renew_owned(self) -> None:
+        for shard in list(self.owned):
+            ok = await self._renew(
+                keys=[self._keys.lease(self._stage, shard)], args=[self.token, self._ttl_ms]
+            )
+            if ok:
+                self.owned[shard] = time.monotonic()
+            else:
+                await self._lose(shard, "lease taken by another process or expired")
+
+    async def _expire_unrenewed(self) -> None:
+        """Without Redis we cannot renew: once the TTL has passed locally, assume it is gone."""
+        deadline = time.monotonic() - self._ttl_ms / 1000
+        for shard, renewed in list(self.owned.items()):
+            if renewed < deadline:
+                await self._lose(shard, "could not renew within the lease time")
+
+    async def _lose(self, shard: int, why: str) -> None:
+        log.warning("shard %d lost: %s", shard, why)
+        self.owned.pop(shard, None)
+        self.changes += 1
+        await self._workers.stop_shard(shard, graceful=False)
+
+    async def _hand_back(self, shard: int) -> None:
+        log.info("shard %d handed back for rebalancing", shard)
+        await self._workers.stop_shard(shard, graceful=True)
+        self.owned.pop(shard, None)
+        self.changes += 1
+        await self._release(keys=[self._keys.lease(self._stage, shard)], args=[self.token])
+
+    async def release_all(self) -> None:
+        for shard in sorted(self.owned):
+            await self._workers.stop_shard(shard, graceful=True)
+        try:
+            for shard in sorted(self.owned):
+                await self._release(keys=[self._keys.lease(self._stage, shard)], args=[self.token])
+            await self._redis.hdel(self._keys.members(self._stage), self.token)
+        except RedisError as exc:
+            log.warning("could not release leases: %r", exc)
+        self.owned.clear()

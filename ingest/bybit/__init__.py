@@ -1,0 +1,1 @@
+"""Bybit V5 public API: wire types and parsing."""

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs everything the pipeline and its tests need, idempotently: a virtual environment in
+# .venv with the package and its dev extras (versions pinned by constraints.txt), and a
+# redis-server binary from the system's packages when none is on PATH.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ] || [ constraints.txt -nt .venv/.installed ]; then
+  .venv/bin/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+  touch .venv/.installed
+fi
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if command -v apt-get >/dev/null 2>&1; then
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "error: redis-server is not installed and apt-get is missing; install Redis >= 6.2" >&2
+    exit 1
+  fi
+fi
+echo "installed: $(.venv/bin/python --version), $(redis-server --version | cut -d' ' -f1-3)"

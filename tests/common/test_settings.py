@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import pytest
+
+from common.errors import ConfigError
+from common.settings import (
+    AggregateSettings,
+    IngestSettings,
+    PublishSettings,
+    load_settings,
+    parse_shard_ids,
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("STREAMER_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("STREAMER_ENV_FILE", "/nonexistent.env")
+
+
+def test_defaults_and_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMER_BYBIT_SYMBOLS", "BTCUSDT, ETHUSDT,BTCUSDT")
+    monkeypatch.setenv("STREAMER_KLINE_INTERVALS", "1m,1s")
+    settings = load_settings(IngestSettings)
+    assert settings.bybit_symbols == ["BTCUSDT", "ETHUSDT"]
+    assert [i.label for i in settings.kline_intervals] == ["1s", "1m"]
+    assert settings.ws_url == "wss://stream.bybit.com/v5/public/linear"
+    assert settings.fixed_shards() is None
+
+
+def test_every_problem_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMER_BYBIT_SYMBOLS", "btcusdt")
+    monkeypatch.setenv("STREAMER_KLINE_INTERVALS", "1x")
+    monkeypatch.setenv("STREAMER_SHARDS", "0")
+    monkeypatch.setenv("STREAMER_KLINE_INTERVAL", "1m")
+    with pytest.raises(ConfigError) as err:
+        load_settings(IngestSettings)
+    lines = str(err.value).splitlines()
+    assert (
+        lines[0]
+        == "STREAMER_KLINE_INTERVAL: unknown setting; did you mean STREAMER_KLINE_INTERVALS?"
+    )
+    assert any(line.startswith("STREAMER_SHARDS: ") for line in lines)
+    assert any(line.startswith("STREAMER_KLINE_INTERVALS: interval '1x'") for line in lines)
+    assert any("STREAMER_BYBIT_SYMBOLS: not Bybit symbols: btcusdt" in line for line in lines)
+
+
+def test_klines_mode_allows_only_bybit_intervals(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMER_BYBIT_SYMBOLS", "BTCUSDT")
+    monkeypatch.setenv("STREAMER_KLINES_MODE", "true")
+    monkeypatch.setenv("STREAMER_KLINE_INTERVALS", "1m,15s,7m")
+    with pytest.raises(ConfigError) as err:
+        load_settings(IngestSettings)
+    assert "STREAMER_KLINE_INTERVALS: 15s, 7m not available in klines mode" in str(err.value)
+    assert "1m 3m 5m 15m 30m 1h 2h 4h 6h 12h 1d 1w 1M" in str(err.value)
+
+
+def test_symbols_required_unless_loading_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="STREAMER_BYBIT_SYMBOLS is empty"):
+        load_settings(IngestSettings)
+    monkeypatch.setenv("STREAMER_BYBIT_LOAD_ALL_SYMBOLS", "true")
+    assert load_settings(IngestSettings).bybit_load_all_symbols
+
+
+def test_publish_and_aggregate_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMER_ENABLED_CONSUMERS", "console,redis")
+    monkeypatch.setenv("STREAMER_WEBSOCKET_TLS_CERT", "/tmp/cert.pem")
+    with pytest.raises(ConfigError, match="go together"):
+        load_settings(PublishSettings)
+    monkeypatch.delenv("STREAMER_WEBSOCKET_TLS_CERT")
+    assert load_settings(PublishSettings).enabled_consumers == ["console", "redis"]
+    monkeypatch.setenv("STREAMER_KLINE_OPEN", "last")
+    with pytest.raises(ConfigError, match=r"STREAMER_KLINE_OPEN: .*previous_close.*first_trade"):
+        load_settings(AggregateSettings)
+
+
+def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    from pathlib import Path
+
+    env_file = Path(str(tmp_path)) / "x.env"
+    env_file.write_text("STREAMER_SHARDS=8\nSTREAMER_TYPO=1\n")
+    monkeypatch.setenv("STREAMER_ENV_FILE", str(env_file))
+    with pytest.raises(ConfigError, match="STREAMER_TYPO: unknown setting"):
+        load_settings(AggregateSettings)
+    env_file.write_text("STREAMER_SHARDS=8\n")
+    assert load_settings(AggregateSettings).shards == 8
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("", None), ("auto", None), ("1,3", (1, 3)), ("0/2", (0, 2, 4, 6)), ("1/2", (1, 3, 5, 7))],
+)
+def test_shard_ids(text: str, expected: tuple[int, ...] | None) -> None:
+    assert parse_shard_ids(text, 8) == expected
+
+
+@pytest.mark.parametrize("text", ["8", "x", "2/2", "1/0", "-1"])
+def test_bad_shard_ids(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_shard_ids(text, 8)
+
+
+def test_env_example_lists_exactly_the_known_settings() -> None:
+    from pathlib import Path
+
+    from common.settings import known_variables
+
+    text = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
+    listed = {line.split("=", 1)[0] for line in text.splitlines() if line.startswith("STREAMER_")}
+    assert listed == set(known_variables()) - {"STREAMER_ENV_FILE"}
