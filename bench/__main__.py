@@ -1,0 +1,57 @@
+"""`python -m bench [--smoke] [NAME...]`: run the benchmarks and print one markdown table.
+
+`--smoke` runs each briefly to prove it executes (CI); figures from a smoke run mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import sys
+import time
+
+from bench.report import Row, table
+
+MODULES = ["simulator", "ingest", "aggregate", "core", "publish", "pipeline"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--smoke", action="store_true", help="short runs that only prove it works")
+    parser.add_argument("names", nargs="*", default=MODULES, help=f"any of {', '.join(MODULES)}")
+    args = parser.parse_args()
+    rows: list[Row] = []
+    for name in args.names:
+        try:
+            module = importlib.import_module(f"bench.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"bench.{name}":
+                print(f"bench.{name}: not present, skipped", file=sys.stderr)
+                continue
+            raise
+        print(f"running bench.{name} ...", file=sys.stderr, flush=True)
+        rows.extend(module.run(args.smoke))
+    stamp = time.strftime("%Y-%m-%d", time.gmtime())
+    cpus = _cpu_model()
+    print(f"\n{stamp}, {cpus}, Python {platform.python_version()}\n")
+    print(table(rows))
+    return 0
+
+
+def _cpu_model() -> str:
+    import os
+
+    try:
+        with open("/proc/cpuinfo") as handle:
+            model = next(
+                (line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")),
+                platform.processor(),
+            )
+    except OSError:
+        model = platform.processor()
+    return f"{os.cpu_count()} × {model}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
