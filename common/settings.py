@@ -241,8 +241,12 @@ class PublishSettings(CommonSettings):
     websocket_max_frame_candles: int = Field(default=100, ge=1)
     websocket_ping_interval_s: float = Field(default=20.0, gt=0)
     consumer_queue_max: int = Field(default=100_000, ge=10)
+    consumer_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    publish_replica: str = ""
+    publish_claim_idle_ms: int = Field(default=30_000, ge=100, le=86_400_000)
+    websocket_compression: bool = False
 
-    @field_validator("enabled_consumers", mode="before")
+    @field_validator("enabled_consumers", "consumer_modules", mode="before")
     @classmethod
     def _split_consumers(cls, value: object) -> object:
         return _split(value)
