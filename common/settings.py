@@ -157,6 +157,12 @@ class IngestSettings(CommonSettings):
     clock_interval_ms: int = Field(default=5, ge=1, le=10_000)
     ingest_buffer_max: int = Field(default=200_000, ge=100)
     ingest_batch_max: int = Field(default=1000, ge=1, le=100_000)
+    # Klines mode: ingest writes the candle streams itself (same names as the aggregator's).
+    kline_updates_ms: int = Field(default=0, ge=0, le=3_600_000)
+    klines_maxlen: int = Field(default=1_000_000, ge=1000)
+    updates_maxlen: int = Field(default=10_000, ge=100)
+    # Read only to warn that waiter mode does not apply in klines mode when it was set.
+    aggregator_waiter_mode_enabled: bool = True
 
     @field_validator("bybit_symbols", mode="before")
     @classmethod
