@@ -1,0 +1,47 @@
+"""A batch of candles read from the candle streams, as the consumers receive it.
+
+The raw JSON bytes of each candle travel untouched, so outputs that forward JSON (pub/sub,
+WebSocket) carry the aggregator's exact digits; Python dicts are built only when a consumer asks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+_dict_decoder = msgspec.json.Decoder()
+
+
+class CandleBatch:
+    """Candles in stream order, with the stream entry id each came from (per shard)."""
+
+    __slots__ = ("_dicts", "ids", "raws")
+
+    def __init__(self, raws: list[bytes], ids: dict[int, list[bytes]]) -> None:
+        self.raws = raws
+        self.ids = ids
+        self._dicts: list[dict[str, Any]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.raws)
+
+    def dicts(self) -> list[dict[str, Any]]:
+        """The candles as dicts, decimals as floats: the original service's `consume()` data."""
+        if self._dicts is None:
+            self._dicts = [_dict_decoder.decode(raw) for raw in self.raws]
+        return self._dicts
+
+    def last_ids(self) -> dict[int, bytes]:
+        """The last entry id of each shard in this batch: the position once it is handled."""
+        return {shard: ids[-1] for shard, ids in self.ids.items() if ids}
+
+
+def json_array(raws: list[bytes]) -> bytes:
+    """A JSON array of candles, joined from their raw JSON without decoding them."""
+    return b"[" + b",".join(raws) + b"]"
+
+
+def id_ms(entry_id: bytes) -> int:
+    """The milliseconds part of a stream entry id."""
+    return int(entry_id.split(b"-", 1)[0])

@@ -1,0 +1,192 @@
+"""Reading the candle streams of every shard, for one consumer, with a remembered position.
+
+Two ways, chosen by the consumer:
+
+- `PositionReader` (console, websocket, users' consumers): plain XREAD from the position stored
+  at `<p>:{k}:pos:<consumer>:<replica>`, which is saved after each handled batch. With no stored
+  position it starts at the live tail (and stores that at once, so a restart misses nothing).
+- `GroupReader` (redis): XREADGROUP in the group STREAMER_PUBLISH_GROUP as consumer `<replica>`,
+  XACK after publishing, so several replicas publish each candle once. At start it first re-reads
+  its own unacknowledged entries (a restart of the same replica), and every claim period it takes
+  over (XAUTOCLAIM) entries another replica left unacknowledged for STREAMER_PUBLISH_CLAIM_IDLE_MS.
+
+Positions live in Redis, so with persistence (AOF) a Redis restart loses neither positions nor
+the group's acknowledgements: reading resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from common.keys import Keys
+from common.wire import STREAM_FIELD
+from publish.batch import CandleBatch
+
+_START = b"0-0"
+
+
+class StreamReader(Protocol):
+    async def start(self) -> None: ...
+
+    async def read(self, count: int, block_ms: int) -> CandleBatch | None: ...
+
+    async def done(self, batch: CandleBatch) -> None: ...
+
+
+def _to_batch(reply: Any, shard_of_key: dict[bytes, int]) -> CandleBatch | None:
+    raws: list[bytes] = []
+    ids: dict[int, list[bytes]] = {}
+    for key, entries in reply:
+        shard_ids = ids.setdefault(shard_of_key[key], [])
+        for entry_id, fields in entries:
+            if fields is None:  # a pending entry deleted (trimmed) before it was delivered
+                continue
+            data = fields.get(STREAM_FIELD)
+            shard_ids.append(entry_id)
+            if data is not None:
+                raws.append(data)
+    if not any(ids.values()):
+        return None
+    return CandleBatch(raws, ids)
+
+
+class PositionReader:
+    def __init__(
+        self, client: aioredis.Redis, keys: Keys, shards: int, consumer: str, replica: str
+    ) -> None:
+        self._client = client
+        self._streams = [keys.klines(k) for k in range(shards)]
+        self._shard_of_key = {s.encode(): k for k, s in enumerate(self._streams)}
+        self._pos_keys = [keys.publish_position(f"{consumer}:{replica}", k) for k in range(shards)]
+        self._next: dict[Any, Any] = {}
+
+    async def start(self) -> None:
+        stored = await self._client.mget(self._pos_keys)
+        fresh: dict[Any, Any] = {}
+        for shard, (stream, position) in enumerate(zip(self._streams, stored, strict=True)):
+            if position is None:
+                last = await self._client.xrevrange(stream, count=1)
+                fresh[self._pos_keys[shard]] = last[0][0] if last else _START
+            self._next[stream] = position or fresh[self._pos_keys[shard]]
+        if fresh:
+            await self._client.mset(fresh)
+
+    async def read(self, count: int, block_ms: int) -> CandleBatch | None:
+        reply = await self._client.xread(self._next, count=count, block=block_ms)
+        batch = _to_batch(reply, self._shard_of_key)
+        if batch is not None:
+            for shard, last in batch.last_ids().items():
+                self._next[self._streams[shard]] = last
+        return batch
+
+    async def done(self, batch: CandleBatch) -> None:
+        positions = {self._pos_keys[shard]: last for shard, last in batch.last_ids().items()}
+        if positions:
+            await self._client.mset(positions)
+
+
+class GroupReader:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        shards: int,
+        group: str,
+        replica: str,
+        claim_idle_ms: int,
+    ) -> None:
+        self._client = client
+        self._group = group
+        self._replica = replica
+        self._claim_idle_ms = claim_idle_ms
+        self._streams = [keys.klines(k) for k in range(shards)]
+        self._shard_of_key = {s.encode(): k for k, s in enumerate(self._streams)}
+        self._own_pending: dict[Any, Any] = {}
+        self._in_flight: set[bytes] = set()
+        self._next_claim_s = 0.0
+        self._live: dict[Any, Any] = dict.fromkeys(self._streams, ">")
+
+    async def start(self) -> None:
+        await self._create_groups()
+        self._own_pending = dict.fromkeys(self._streams, _START)
+        self._next_claim_s = time.monotonic()
+
+    async def _create_groups(self) -> None:
+        for stream in self._streams:
+            try:
+                await self._client.xgroup_create(stream, self._group, id="$", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def read(self, count: int, block_ms: int) -> CandleBatch | None:
+        try:
+            if self._own_pending:
+                return await self._read_own_pending(count)
+            if time.monotonic() >= self._next_claim_s:
+                self._next_claim_s = time.monotonic() + self._claim_idle_ms / 2000
+                claimed = await self._claim(count)
+                if claimed is not None:
+                    return claimed
+            reply = await self._client.xreadgroup(
+                self._group,
+                self._replica,
+                self._live,
+                count=count,
+                block=block_ms,
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis came back without our groups (no persistence): start again at the tail.
+            await self._create_groups()
+            return None
+        return self._track(_to_batch(reply, self._shard_of_key))
+
+    async def _read_own_pending(self, count: int) -> CandleBatch | None:
+        reply = await self._client.xreadgroup(
+            self._group,
+            self._replica,
+            self._own_pending,
+            count=count,
+        )
+        batch = _to_batch(reply, self._shard_of_key)
+        finished = set(self._own_pending)
+        if batch is not None:
+            for shard, last in batch.last_ids().items():
+                self._own_pending[self._streams[shard]] = last
+                finished.discard(self._streams[shard])
+        for stream in finished:
+            del self._own_pending[stream]
+        return self._track(batch)
+
+    async def _claim(self, count: int) -> CandleBatch | None:
+        """Take over entries that another (dead) replica left unacknowledged."""
+        reply: list[Any] = []
+        for stream in self._streams:
+            _cursor, entries, *_ = await self._client.xautoclaim(
+                stream, self._group, self._replica, self._claim_idle_ms, _START, count=count
+            )
+            fresh = [(i, f) for i, f in entries if i not in self._in_flight]
+            if fresh:
+                reply.append((stream.encode(), fresh))
+        return self._track(_to_batch(reply, self._shard_of_key))
+
+    def _track(self, batch: CandleBatch | None) -> CandleBatch | None:
+        if batch is not None:
+            for ids in batch.ids.values():
+                self._in_flight.update(ids)
+        return batch
+
+    async def done(self, batch: CandleBatch) -> None:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for shard, ids in batch.ids.items():
+                if ids:
+                    pipe.xack(self._streams[shard], self._group, *ids)
+            await pipe.execute()
+        for ids in batch.ids.values():
+            self._in_flight.difference_update(ids)

@@ -1,0 +1,141 @@
+"""One consumer's pipeline: a reader task fills a bounded queue, a consumer task empties it.
+
+Each consumer has its own reader, position and queue, so a consumer that is slow or failing
+only falls behind in the stream (visible as `publish_consumer_lag_ms` and a log line); it never
+holds up the others. A batch's position is stored (or acknowledged) after it was handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from common.backoff import backoff
+from common.errors import RetryableError
+from common.logs import RateLimitedLog
+from common.metrics import REGISTRY
+from publish.batch import CandleBatch, id_ms
+from publish.consumers.base import BaseConsumer
+from publish.reader import StreamReader
+
+log = logging.getLogger(__name__)
+limited = RateLimitedLog(log)
+
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+LAG_WARNING_MS = 10_000
+BLOCK_MS = 250
+
+CANDLES = REGISTRY.counter("publish_candles_total", "Candles handed to a consumer", ("consumer",))
+ERRORS = REGISTRY.counter(
+    "publish_consume_errors_total", "Batches a consumer failed to handle", ("consumer",)
+)
+LAG = REGISTRY.gauge(
+    "publish_consumer_lag_ms",
+    "Age of the newest candle a consumer handled (0 when caught up)",
+    ("consumer",),
+)
+QUEUED = REGISTRY.gauge(
+    "publish_consumer_queue_batches", "Batches read but not yet handled", ("consumer",)
+)
+
+
+class ConsumerRunner:
+    def __init__(
+        self, consumer: BaseConsumer, reader: StreamReader, batch: int, queue_max: int
+    ) -> None:
+        self.consumer = consumer
+        self.reader = reader
+        self._batch = batch
+        self._queue: asyncio.Queue[CandleBatch | None] = asyncio.Queue(
+            maxsize=max(1, queue_max // batch)
+        )
+        self.caught_up = False
+
+    @property
+    def name(self) -> str:
+        return self.consumer.name
+
+    async def read_loop(self, stop: asyncio.Event) -> None:
+        """Read until `stop`, then tell the consumer task to finish what is queued."""
+        delays = backoff(0.1, 5.0)
+        while not stop.is_set():
+            try:
+                batch = await self.reader.read(self._batch, BLOCK_MS)
+            except REDIS_DOWN as exc:
+                limited.warning(f"read-{self.name}", "%s: Redis unavailable: %r", self.name, exc)
+                await _sleep_or_stop(stop, next(delays))
+                continue
+            delays = backoff(0.1, 5.0)
+            if batch is None:
+                self.caught_up = self._queue.empty()
+                if self.caught_up:
+                    LAG.set(0, self.name)
+                continue
+            self.caught_up = False
+            if self._queue.full():
+                limited.warning(
+                    f"full-{self.name}", "%s falls behind: its queue is full", self.name
+                )
+            await self._queue.put(batch)
+            QUEUED.set(self._queue.qsize(), self.name)
+        await self._queue.put(None)
+
+    async def consume_loop(self, stop: asyncio.Event) -> None:
+        while (batch := await self._queue.get()) is not None:
+            QUEUED.set(self._queue.qsize(), self.name)
+            if await self._handle(batch, stop):
+                await self._commit(batch, stop)
+
+    async def _handle(self, batch: CandleBatch, stop: asyncio.Event) -> bool:
+        """Hand the batch over; False if it could not be and should be read again later."""
+        delays = backoff(0.1, 5.0)
+        while True:
+            try:
+                await self.consumer.consume_batch(batch)
+                break
+            except RetryableError as exc:
+                if stop.is_set():
+                    log.warning("%s: dropping a batch at shutdown: %s", self.name, exc)
+                    return False
+                limited.warning(f"retry-{self.name}", "%s: retrying: %s", self.name, exc)
+                await _sleep_or_stop(stop, next(delays))
+            except Exception as exc:
+                # A user's consumer that raises loses this batch but never stops the others.
+                ERRORS.inc(1, self.name)
+                limited.warning(f"err-{self.name}", "%s failed a batch: %r", self.name, exc)
+                break
+        CANDLES.inc(len(batch), self.name)
+        self._report_lag(batch)
+        return True
+
+    def _report_lag(self, batch: CandleBatch) -> None:
+        newest = max((id_ms(last) for last in batch.last_ids().values()), default=0)
+        lag_ms = max(0, int(time.time() * 1000) - newest) if newest else 0
+        LAG.set(lag_ms, self.name)
+        if lag_ms > LAG_WARNING_MS:
+            limited.warning(f"lag-{self.name}", "%s is %d ms behind", self.name, lag_ms)
+
+    async def _commit(self, batch: CandleBatch, stop: asyncio.Event) -> None:
+        delays = backoff(0.1, 5.0)
+        while True:
+            try:
+                await self.reader.done(batch)
+                return
+            except REDIS_DOWN as exc:
+                if stop.is_set():
+                    log.warning("%s: position not saved at shutdown: %r", self.name, exc)
+                    return
+                limited.warning(
+                    f"commit-{self.name}", "%s: cannot save position: %r", self.name, exc
+                )
+                await _sleep_or_stop(stop, next(delays))
+
+
+async def _sleep_or_stop(stop: asyncio.Event, delay_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay_s)

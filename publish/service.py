@@ -1,0 +1,102 @@
+"""`python -m publish`: candle streams of every shard → the enabled consumers.
+
+Start order: consumers set up and started (a consumer that cannot start, e.g. a port in use, is
+a start error: exit 2 with its message), then one reader and one consumer task per consumer.
+SIGTERM: readers stop, each consumer handles what is queued and stores its position, then the
+consumers stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import redis.asyncio as aioredis
+
+from common.errors import ConfigError
+from common.keys import Keys
+from common.lifecycle import TaskSet, until_stopped
+from common.metrics import serve_metrics
+from common.redisconn import connect
+from common.settings import PublishSettings
+from publish.consumers.base import BaseConsumer
+from publish.reader import GroupReader, PositionReader, StreamReader
+from publish.runner import ConsumerRunner
+
+log = logging.getLogger(__name__)
+
+
+def replica_name(settings: PublishSettings) -> str:
+    return settings.publish_replica or socket.gethostname()
+
+
+class PublishService:
+    def __init__(self, settings: PublishSettings, consumers: list[BaseConsumer]) -> None:
+        self.settings = settings
+        self.consumers = consumers
+        self.start_error: str | None = None
+        self._started: list[BaseConsumer] = []
+
+    def _reader(self, consumer: BaseConsumer, client: aioredis.Redis) -> StreamReader:
+        s = self.settings
+        keys, replica = Keys(s.redis_prefix), replica_name(s)
+        if consumer.uses_group:
+            group = s.publish_group
+            if consumer.name != "redis":
+                group = f"{group}:{consumer.name}"
+            return GroupReader(client, keys, s.shards, group, replica, s.publish_claim_idle_ms)
+        return PositionReader(client, keys, s.shards, consumer.name, replica)
+
+    async def _start_consumers(self) -> bool:
+        for consumer in self.consumers:
+            try:
+                await consumer.setup()
+                await consumer.start()
+            except (ConfigError, ValueError, OSError) as exc:
+                self.start_error = f"consumer {consumer.name!r} cannot start: {exc}"
+                return False
+            self._started.append(consumer)
+            log.info("consumer %s started", consumer.name)
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        client = connect(s)
+        tasks = TaskSet()
+        metrics_server = None
+        try:
+            if not await self._start_consumers():
+                return
+            runners = [
+                ConsumerRunner(c, self._reader(c, client), s.publish_batch, s.consumer_queue_max)
+                for c in self.consumers
+            ]
+            for runner in runners:
+                await runner.reader.start()
+            if s.metrics_port:
+                metrics_server = await serve_metrics(s.metrics_host, s.metrics_port, lambda: True)
+            consume_tasks = [
+                tasks.spawn(runner.consume_loop(stop), f"consume-{runner.name}")
+                for runner in runners
+            ]
+            for runner in runners:
+                tasks.spawn(runner.read_loop(stop), f"read-{runner.name}")
+            log.info(
+                "publishing %d shards to %s as replica %s",
+                s.shards,
+                ", ".join(r.name for r in runners),
+                replica_name(s),
+            )
+            await until_stopped(stop, tasks)
+            await asyncio.gather(*consume_tasks)
+        finally:
+            await tasks.cancel_all()
+            for consumer in reversed(self._started):
+                try:
+                    await consumer.stop()
+                except Exception as exc:
+                    log.warning("consumer %s failed to stop: %r", consumer.name, exc)
+            if metrics_server is not None:
+                metrics_server.close()
+            await client.aclose()
