@@ -1,0 +1,254 @@
+"""One WebSocket connection to Bybit's public stream, kept alive and subscribed.
+
+It owns a desired set of symbols; whenever it is (re)connected it subscribes them in chunks and
+checks every ack. Liveness is Bybit's JSON ping: a connection with no frame at all (data or pong)
+for `dead_after_s` is closed and reconnected with backoff. After a reconnect it reports the window
+in which its symbols' trades may have been missed (last frame before, resubscribed after).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import re
+import time
+from collections.abc import Callable
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from common.backoff import backoff
+from common.errors import BadMessageError, RetryableError
+from common.logs import RateLimitedLog
+from common.wire import Category
+from ingest import metrics
+from ingest.bybit.messages import (
+    OpReply,
+    TradeMessage,
+    parse_frame,
+    request,
+    symbol_of_topic,
+    trade_topic,
+)
+from ingest.bybit.subscriptions import chunk_requests
+from ingest.classify import Verdict, classify
+from ingest.writer import now_ms
+
+log = logging.getLogger(__name__)
+_rate_log = RateLimitedLog(log)
+_REFUSED_TOPIC = re.compile(r"topic:(\S+)")
+
+OnTrades = Callable[[TradeMessage, int], None]
+OnGap = Callable[[list[str], int, int], None]
+
+
+class DeadConnectionError(RetryableError):
+    """No data and no pong within the dead-after time."""
+
+
+class Connection:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        category: Category,
+        *,
+        ping_interval_s: float,
+        dead_after_s: float,
+        on_trades: OnTrades,
+        on_gap: OnGap,
+    ) -> None:
+        self.name = name
+        self._url = url
+        self._category = category
+        self._ping_interval_s = ping_interval_s
+        self._dead_after_s = dead_after_s
+        self._on_trades = on_trades
+        self._on_gap = on_gap
+        self.desired: set[str] = set()
+        self.subscribed: set[str] = set()
+        self._pending: dict[str, tuple[str, list[str]]] = {}  # req_id -> (op, topics)
+        self._ids = itertools.count(1)
+        self._ws: ClientConnection | None = None
+        self._last_rx = 0.0
+        self.last_rx_ms = 0
+        self._gap_from_ms: int | None = None
+        self.settled = asyncio.Event()
+        self._session_ok = False
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None
+
+    # -- subscriptions ---------------------------------------------------------------------------
+
+    async def add(self, symbols: list[str]) -> None:
+        new = [s for s in symbols if s not in self.desired]
+        self.desired.update(new)
+        if self._ws is not None and new:
+            await self._send_ops(self._ws, "subscribe", new)
+
+    async def remove(self, symbols: list[str]) -> None:
+        gone = [s for s in symbols if s in self.desired]
+        self.desired.difference_update(gone)
+        live = [s for s in gone if s in self.subscribed]
+        self.subscribed.difference_update(gone)
+        if self._ws is not None and live:
+            await self._send_ops(self._ws, "unsubscribe", live)
+
+    async def _send_ops(self, ws: ClientConnection, op: str, symbols: list[str]) -> None:
+        topics = [trade_topic(s) for s in sorted(symbols)]
+        with contextlib.suppress(ConnectionClosed):
+            for chunk in chunk_requests(topics, self._category):
+                req_id = f"{op[:5]}-{next(self._ids)}"
+                if op == "subscribe":
+                    self._pending[req_id] = (op, chunk)
+                    self.settled.clear()
+                await ws.send(request(op, chunk, req_id).decode())
+
+    def _on_reply(self, reply: OpReply) -> None:
+        if reply.is_pong:
+            return
+        entry = self._pending.pop(reply.req_id, None)
+        if entry is None and not reply.req_id and self._pending:
+            # Some servers do not echo req_id: acks come in request order.
+            entry = self._pending.pop(next(iter(self._pending)))
+        if entry is None:
+            if not reply.success:
+                log.warning("%s: %s refused: %s", self.name, reply.op, reply.ret_msg)
+            return
+        _, topics = entry
+        if reply.success:
+            self.subscribed.update(
+                symbol_of_topic(t) for t in topics if symbol_of_topic(t) in self.desired
+            )
+        else:
+            self._refused(topics, reply.ret_msg)
+        if not self._pending:
+            self._settle()
+
+    def _refused(self, topics: list[str], ret_msg: str) -> None:
+        match = _REFUSED_TOPIC.search(ret_msg)
+        named = match.group(1).rstrip(",") if match else None
+        if named in topics and len(topics) > 1 and self._ws is not None:
+            # Bybit names one refused topic per ack; the others of the request are asked again.
+            metrics.REFUSED.inc()
+            log.warning("%s: Bybit refused %s: %s", self.name, named, ret_msg)
+            rest = [symbol_of_topic(t) for t in topics if t != named]
+            self.desired.discard(symbol_of_topic(named))
+            task = asyncio.ensure_future(self._send_ops(self._ws, "subscribe", rest))
+            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+            return
+        metrics.REFUSED.inc(len(topics))
+        log.warning("%s: Bybit refused %s: %s", self.name, ", ".join(topics), ret_msg)
+
+    def _settle(self) -> None:
+        self._session_ok = True
+        self.settled.set()
+        self._report_gap()
+
+    def _report_gap(self) -> None:
+        if self._gap_from_ms is None:
+            return
+        symbols = sorted(self.desired)
+        if symbols:
+            self._on_gap(symbols, self._gap_from_ms, now_ms())
+        self._gap_from_ms = None
+
+    # -- the connection loop ---------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        delays = backoff(base_s=0.2, cap_s=30.0)
+        while not stop.is_set():
+            try:
+                async with connect(
+                    self._url, ping_interval=None, max_size=2**24, open_timeout=10, close_timeout=1
+                ) as ws:
+                    await self._session(ws, stop)
+                    if stop.is_set():
+                        return
+            except Exception as exc:
+                if classify(exc) is Verdict.FATAL:
+                    log.error("%s: %s: giving up: %r", self.name, self._url, exc)
+                    raise
+                _rate_log.warning(f"down-{self.name}", "%s: connection lost: %r", self.name, exc)
+            finally:
+                if self._session_ok:  # reset the backoff only after a session that worked
+                    delays = backoff(base_s=0.2, cap_s=30.0)
+                self._disconnected()
+            metrics.RECONNECTS.inc()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), next(delays))
+
+    def _disconnected(self) -> None:
+        if self._ws is not None:
+            metrics.CONNECTIONS.inc(-1)
+            if self._gap_from_ms is None and self.last_rx_ms:
+                self._gap_from_ms = self.last_rx_ms
+        self._ws = None
+        self.subscribed.clear()
+        self._pending.clear()
+        self.settled.clear()
+
+    async def _session(self, ws: ClientConnection, stop: asyncio.Event) -> None:
+        self._ws = ws
+        self._session_ok = False
+        metrics.CONNECTIONS.inc()
+        self._last_rx = time.monotonic()
+        log.info(
+            "%s: connected to %s, subscribing %d symbols", self.name, self._url, len(self.desired)
+        )
+        if self.desired:
+            await self._send_ops(ws, "subscribe", list(self.desired))
+        else:
+            self._settle()
+        reader = asyncio.ensure_future(self._read(ws))
+        keeper = asyncio.ensure_future(self._keep_alive(ws))
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {reader, keeper, stopper}, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in (reader, keeper, stopper):
+                task.cancel()
+            await asyncio.gather(reader, keeper, stopper, return_exceptions=True)
+        for task in (reader, keeper):
+            if task in done and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    async def _read(self, ws: ClientConnection) -> None:
+        on_trades = self._on_trades
+        while True:
+            raw = await ws.recv(decode=False)
+            self._last_rx = time.monotonic()
+            received_ms = self.last_rx_ms = now_ms()
+            try:
+                message = parse_frame(raw)
+            except BadMessageError as exc:
+                metrics.MALFORMED.inc()
+                _rate_log.warning(
+                    "malformed", "%s: malformed frame: %s: %.200r", self.name, exc, raw
+                )
+                continue
+            if message is None:
+                continue
+            if isinstance(message, TradeMessage):
+                if message.trades:
+                    on_trades(message, received_ms)
+            else:
+                self._on_reply(message)
+
+    async def _keep_alive(self, ws: ClientConnection) -> None:
+        tick_s = min(1.0, self._dead_after_s / 4, self._ping_interval_s)
+        last_ping = time.monotonic()
+        while True:
+            await asyncio.sleep(tick_s)
+            now = time.monotonic()
+            if now - self._last_rx > self._dead_after_s:
+                raise DeadConnectionError(f"no data and no pong for {now - self._last_rx:.1f}s")
+            if now - last_ping >= self._ping_interval_s:
+                last_ping = now
+                await ws.send(request("ping", [], f"ping-{next(self._ids)}").decode())

@@ -1,0 +1,166 @@
+"""What ingest does per owned shard: subscribe its symbols, and account for unowned time.
+
+On acquisition the tail of the shard's stream tells when the previous owner last wrote (trade,
+clock or gap entry) and which trade ids it already wrote (seeding the dedup, so a takeover does
+not write a trade twice). Once this process's subscriptions for the shard are acked, a gap entry
+covers [previous owner's last entry, now], and only then do clock entries for the shard start:
+the aggregator never sees time pass over the unowned window before it knows about it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from common.keys import Keys
+from common.lifecycle import TaskSet
+from common.sharding import shard_of
+from common.wire import ClockEntry, GapEntry, TradesEntry, entry_decoder
+from ingest import metrics
+from ingest.bybit.messages import TradeMessage
+from ingest.dedup import Deduper
+from ingest.pool import Pool
+from ingest.writer import Writer, now_ms
+
+log = logging.getLogger(__name__)
+
+TAIL_ENTRIES = 2000
+SUBSCRIBE_TIMEOUT_S = 30.0
+
+
+async def read_tail(
+    redis: aioredis.Redis, stream: str, count: int = TAIL_ENTRIES
+) -> tuple[int, dict[str, list[str]]]:
+    """(newest entry time in ms or 0, trade ids per symbol) from the last entries of a stream."""
+    last_ms = 0
+    ids: dict[str, list[str]] = {}
+    try:
+        rows = await redis.xrevrange(stream, count=count) or []
+    except RedisError as exc:
+        log.warning("could not read the tail of %s: %r", stream, exc)
+        return last_ms, ids
+    for _, fields in reversed(rows):
+        raw = fields.get(b"data") if fields else None
+        if raw is None:
+            continue
+        entry = entry_decoder.decode(raw)
+        if isinstance(entry, TradesEntry):
+            ids.setdefault(entry.symbol, []).extend(t.trade_id for t in entry.trades)
+            last_ms = max(last_ms, entry.received_ms)
+        elif isinstance(entry, ClockEntry):
+            last_ms = max(last_ms, entry.time_ms)
+        elif isinstance(entry, GapEntry):
+            last_ms = max(last_ms, entry.to_ms)
+    return last_ms, ids
+
+
+class IngestShards:
+    """The `ShardWorkers` of ingest, and the trade/gap callbacks of the pool."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        shards: int,
+        writer: Writer,
+        tasks: TaskSet,
+        drain_timeout_s: float,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._shards = shards
+        self._writer = writer
+        self._tasks = tasks
+        self._drain_timeout_s = drain_timeout_s
+        self.pool: Pool | None = None
+        self.dedup = Deduper()
+        self.symbols: list[str] = []
+        self.owned: set[int] = set()
+        self._shard_of: dict[str, int] = {}  # symbols of owned shards only
+
+    def _symbols_of(self, shard: int) -> list[str]:
+        return [s for s in self.symbols if shard_of(s, self._shards) == shard]
+
+    # -- ShardWorkers ------------------------------------------------------------------------------
+
+    async def start_shard(self, shard: int) -> None:
+        assert self.pool is not None
+        symbols = self._symbols_of(shard)
+        last_ms, ids = await read_tail(self._redis, self._keys.trades(shard))
+        for symbol, trade_ids in ids.items():
+            self.dedup.seed(symbol, trade_ids)
+        self.owned.add(shard)
+        for symbol in symbols:
+            self._shard_of[symbol] = shard
+        await self.pool.add(symbols)
+        self._tasks.spawn(self._open_shard(shard, symbols, last_ms), name=f"open-shard-{shard}")
+
+    async def _open_shard(self, shard: int, symbols: list[str], last_ms: int) -> None:
+        assert self.pool is not None
+        if not await self.pool.wait_subscribed(symbols, SUBSCRIBE_TIMEOUT_S):
+            log.warning(
+                "shard %d: subscriptions not acked within %.0fs", shard, SUBSCRIBE_TIMEOUT_S
+            )
+        if shard not in self.owned:
+            return
+        if last_ms and symbols:
+            self._writer.put_gap(shard, symbols, last_ms, now_ms(), "unowned")
+        self._writer.ready.add(shard)
+        log.info("shard %d: serving %d symbols", shard, len(symbols))
+
+    async def stop_shard(self, shard: int, *, graceful: bool) -> None:
+        self._writer.ready.discard(shard)
+        self.owned.discard(shard)
+        symbols = self._symbols_of(shard)
+        for symbol in symbols:
+            self._shard_of.pop(symbol, None)
+        if self.pool is not None:
+            await self.pool.remove(symbols)
+        if graceful:
+            await self._writer.drained(self._drain_timeout_s)
+        self.dedup.forget(symbols)
+
+    # -- symbol list changes -----------------------------------------------------------------------
+
+    async def set_symbols(self, symbols: list[str]) -> None:
+        """Follow a refreshed symbol list: subscribe listings, unsubscribe delistings."""
+        old, new = set(self.symbols), set(symbols)
+        self.symbols = sorted(new)
+        added = sorted(s for s in new - old if shard_of(s, self._shards) in self.owned)
+        removed = sorted(old - new)
+        if added or removed:
+            log.info("symbols changed: +%d -%d", len(added), len(removed))
+        for symbol in removed:
+            self._shard_of.pop(symbol, None)
+        for symbol in added:
+            self._shard_of[symbol] = shard_of(symbol, self._shards)
+        if self.pool is not None:
+            await self.pool.remove(removed)
+            await self.pool.add(added)
+        self.dedup.forget(removed)
+
+    # -- pool callbacks (hot path) -----------------------------------------------------------------
+
+    def on_trades(self, message: TradeMessage, received_ms: int) -> None:
+        shard = self._shard_of.get(message.symbol)
+        if shard is None:
+            return  # in flight after an unsubscribe, or a shard just lost
+        metrics.MESSAGES.inc()
+        trades = self.dedup.fresh(message.symbol, message.trades)
+        if len(trades) != len(message.trades):
+            metrics.DUPLICATES.inc(len(message.trades) - len(trades))
+            if not trades:
+                return
+        metrics.TRADES.inc(len(trades))
+        self._writer.put_trades(shard, message.symbol, trades, message.exchange_ms, received_ms)
+
+    def on_gap(self, symbols: list[str], from_ms: int, to_ms: int) -> None:
+        by_shard: dict[int, list[str]] = {}
+        for symbol in symbols:
+            shard = self._shard_of.get(symbol)
+            if shard is not None:
+                by_shard.setdefault(shard, []).append(symbol)
+        for shard, mine in sorted(by_shard.items()):
+            self._writer.put_gap(shard, mine, from_ms, to_ms, "reconnect")

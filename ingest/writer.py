@@ -1,0 +1,264 @@
+"""The one ordered write path into the trade streams.
+
+Readers hand over entries without waiting (`put_*` never blocks and never touches Redis). The
+writer drains them in order, appends a clock entry per ready shard when one is due, and writes
+each shard's part of a batch with one fenced Lua call (limits.md: ~3x a pipeline). Because the
+clock entry is taken after everything received before it, it means what the contract says:
+"everything received before this time is in the stream". While Redis is down, the queue grows up
+to `buffer_max`; past that the oldest entries are dropped, counted, and a gap entry is written once
+Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from common.backoff import backoff
+from common.keys import Keys
+from common.leases import FENCE_LUA
+from common.wire import ClockEntry, GapEntry, Trade, TradesEntry, entry_decoder, entry_encoder
+from ingest import metrics
+
+log = logging.getLogger(__name__)
+
+WRITE_LUA = (
+    FENCE_LUA
+    + """
+for i = 2, #ARGV do
+  redis.call('XADD', KEYS[2], '*', 'data', ARGV[i])
+end
+return #ARGV - 1
+"""
+)
+"""KEYS = [lease, stream]; ARGV = [token, entry, entry, ...]."""
+
+TRIM_EVERY_S = 10.0
+
+
+@dataclass(slots=True)
+class Item:
+    """One stream entry waiting to be written, with what a gap needs if it is dropped."""
+
+    shard: int
+    payload: bytes
+    symbol: str = ""
+    trades: int = 0
+    first_ms: int = 0
+    last_ms: int = 0
+
+
+@dataclass(slots=True)
+class _DropWindow:
+    symbols: set[str] = field(default_factory=set)
+    from_ms: int = 0
+    to_ms: int = 0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def encode_trades(symbol: str, trades: list[Trade], exchange_ms: int, received_ms: int) -> bytes:
+    return entry_encoder.encode(TradesEntry(symbol, trades, exchange_ms, received_ms))
+
+
+def encode_gap(symbols: list[str], from_ms: int, to_ms: int, reason: str) -> bytes:
+    return entry_encoder.encode(GapEntry(sorted(symbols), from_ms, to_ms, reason))
+
+
+class Writer:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        token: str,
+        *,
+        clock_interval_ms: int,
+        buffer_max: int,
+        batch_max: int,
+        retention_s: int,
+        clock: bool = True,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.token = token
+        self._clock_interval_ms = clock_interval_ms
+        self._buffer_max = buffer_max
+        self._batch_max = batch_max
+        self._retention_s = retention_s
+        self._clock = clock
+        self._script = redis.register_script(WRITE_LUA)
+        self._queue: deque[Item] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._drops: dict[int, _DropWindow] = {}
+        self.ready: set[int] = set()
+        self._last_clock_ms = 0
+        self._last_trim = 0.0
+        self.healthy = True
+        self.written = 0
+
+    # -- readers' side: never blocks -------------------------------------------------------------
+
+    def put(self, item: Item) -> None:
+        self._queue.append(item)
+        if len(self._queue) > self._buffer_max:
+            self._drop_oldest()
+        self._idle.clear()
+        self._wake.set()
+
+    def put_trades(
+        self, shard: int, symbol: str, trades: list[Trade], exchange_ms: int, received_ms: int
+    ) -> None:
+        payload = encode_trades(symbol, trades, exchange_ms, received_ms)
+        self.put(Item(shard, payload, symbol, len(trades), trades[0].time_ms, trades[-1].time_ms))
+
+    def put_gap(
+        self, shard: int, symbols: list[str], from_ms: int, to_ms: int, reason: str
+    ) -> None:
+        log.warning(
+            "gap in shard %d: %d symbols, %d ms (%s)", shard, len(symbols), to_ms - from_ms, reason
+        )
+        metrics.GAPS.inc(1, reason)
+        self.put(Item(shard, encode_gap(symbols, from_ms, to_ms, reason)))
+
+    def _drop_oldest(self) -> None:
+        item = self._queue.popleft()
+        window = self._drops.setdefault(item.shard, _DropWindow(from_ms=item.first_ms))
+        if item.symbol:
+            metrics.DROPPED.inc(item.trades)
+            window.symbols.add(item.symbol)
+            first, last = item.first_ms, item.last_ms
+        else:  # a gap entry: its window joins the one that will replace it
+            gap = entry_decoder.decode(item.payload)
+            assert isinstance(gap, GapEntry)
+            window.symbols.update(gap.symbols)
+            first, last = gap.from_ms, gap.to_ms
+        window.from_ms = min(window.from_ms, first)
+        window.to_ms = max(window.to_ms, last)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Wait until everything queued so far is written (or the timeout passes)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        return self._idle.is_set()
+
+    # -- the writer task --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Write until `stop`, then flush what is queued (bounded by the caller's timeout)."""
+        interval_s = self._clock_interval_ms / 1000
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval_s)
+            self._wake.clear()
+            await self.flush_once(stop)
+            await self._maybe_trim()
+        while self._queue:
+            if not await self.flush_once(None):
+                break
+
+    async def flush_once(self, stop: asyncio.Event | None) -> bool:
+        """Take one batch (plus due clock entries) and write it, retrying until it is written."""
+        batch = self._take_batch()
+        if not batch:
+            self._idle.set()
+            return True
+        delays = backoff(base_s=0.05, cap_s=2.0)
+        while True:
+            try:
+                await self._write(batch)
+                break
+            except (RedisError, OSError) as exc:
+                metrics.REDIS_ERRORS.inc()
+                if self.healthy:
+                    log.warning("redis write failed, buffering (%d queued): %r", self.queued, exc)
+                self.healthy = False
+                delay = next(delays)
+                if stop is None or stop.is_set():
+                    log.error("redis unavailable while stopping: %d entries lost", len(batch))
+                    return False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        if not self.healthy:
+            log.info("redis writes resumed")
+        self.healthy = True
+        self._flush_drop_gaps()
+        if not self._queue:
+            self._idle.set()
+        metrics.BUFFER.set(len(self._queue))
+        return True
+
+    def _take_batch(self) -> list[Item]:
+        batch: list[Item] = []
+        queue = self._queue
+        take = min(len(queue), self._batch_max)
+        for _ in range(take):
+            batch.append(queue.popleft())
+        if self._clock and not queue:
+            stamp = now_ms()
+            if stamp - self._last_clock_ms >= self._clock_interval_ms:
+                self._last_clock_ms = stamp
+                clock = entry_encoder.encode(ClockEntry(stamp))
+                batch.extend(Item(shard, clock) for shard in sorted(self.ready))
+        return batch
+
+    async def _write(self, batch: list[Item]) -> None:
+        by_shard: dict[int, list[bytes]] = {}
+        for item in batch:
+            by_shard.setdefault(item.shard, []).append(item.payload)
+        for shard, payloads in by_shard.items():
+            try:
+                await self._script(
+                    keys=[self._keys.lease("ingest", shard), self._keys.trades(shard)],
+                    args=[self.token, *payloads],
+                )
+            except ResponseError as exc:
+                if "LEASELOST" not in str(exc):
+                    raise
+                lost = sum(i.trades for i in batch if i.shard == shard)
+                metrics.DROPPED.inc(lost)
+                self.ready.discard(shard)
+                log.warning("shard %d: lease lost, %d trades not written", shard, lost)
+                continue
+            self.written += len(payloads)
+            metrics.WRITTEN.inc(len(payloads))
+
+    def _flush_drop_gaps(self) -> None:
+        if not self._drops:
+            return
+        drops, self._drops = self._drops, {}
+        for shard, window in sorted(drops.items()):
+            log.error(
+                "buffer overflowed while redis was down: shard %d lost trades of %d symbols",
+                shard,
+                len(window.symbols),
+            )
+            self.put_gap(
+                shard, sorted(window.symbols), window.from_ms, window.to_ms, "buffer-overflow"
+            )
+
+    async def _maybe_trim(self) -> None:
+        now = time.monotonic()
+        if now - self._last_trim < TRIM_EVERY_S:
+            return
+        self._last_trim = now
+        min_id = f"{now_ms() - self._retention_s * 1000}-0"
+        try:
+            for shard in sorted(self.ready):
+                await self._redis.xtrim(self._keys.trades(shard), minid=min_id, approximate=True)
+        except RedisError as exc:
+            log.warning("trim failed: %r", exc)
