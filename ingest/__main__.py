@@ -36,6 +36,12 @@ def main(argv: list[str]) -> int:
     except RetryableError as exc:
         print(f"error: cannot load Bybit's instruments: {exc}", file=sys.stderr)
         return 1
+    if settings.klines_mode:
+        from ingest.klines import service as klines_service
+
+        return run_service(
+            lambda stop: klines_service.run(settings, symbols, stop), settings.shutdown_timeout_s
+        )
     return run_service(
         lambda stop: service.run(settings, symbols, stop), settings.shutdown_timeout_s
     )

@@ -42,6 +42,9 @@ _REFUSED_TOPIC = re.compile(r"topic:(\S+)")
 
 OnTrades = Callable[[TradeMessage, int], None]
 OnGap = Callable[[list[str], int, int], None]
+TopicsOf = Callable[[str], list[str]]
+OnFrame = Callable[[bytes, int], bool]
+"""Sees every frame first (klines mode); True means it took the frame."""
 
 
 class DeadConnectionError(RetryableError):
@@ -59,8 +62,12 @@ class Connection:
         dead_after_s: float,
         on_trades: OnTrades,
         on_gap: OnGap,
+        topics_of: TopicsOf | None = None,
+        on_frame: OnFrame | None = None,
     ) -> None:
         self.name = name
+        self._topics_of = topics_of or (lambda symbol: [trade_topic(symbol)])
+        self._on_frame = on_frame
         self._url = url
         self._category = category
         self._ping_interval_s = ping_interval_s
@@ -99,7 +106,7 @@ class Connection:
             await self._send_ops(self._ws, "unsubscribe", live)
 
     async def _send_ops(self, ws: ClientConnection, op: str, symbols: list[str]) -> None:
-        topics = [trade_topic(s) for s in sorted(symbols)]
+        topics = [t for s in sorted(symbols) for t in self._topics_of(s)]
         with contextlib.suppress(ConnectionClosed):
             for chunk in chunk_requests(topics, self._category):
                 req_id = f"{op[:5]}-{next(self._ids)}"
@@ -225,6 +232,8 @@ class Connection:
             raw = await ws.recv(decode=False)
             self._last_rx = time.monotonic()
             received_ms = self.last_rx_ms = now_ms()
+            if self._on_frame is not None and self._on_frame(raw, received_ms):
+                continue
             try:
                 message = parse_frame(raw)
             except BadMessageError as exc:

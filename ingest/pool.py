@@ -10,7 +10,7 @@ import time
 from common.lifecycle import TaskSet
 from common.wire import Category
 from ingest.bybit.subscriptions import assign, topic_chars
-from ingest.connection import Connection, OnGap, OnTrades
+from ingest.connection import Connection, OnFrame, OnGap, OnTrades, TopicsOf
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,11 @@ class Pool:
         on_gap: OnGap,
         tasks: TaskSet,
         stop: asyncio.Event,
+        topics_of: TopicsOf | None = None,
+        on_frame: OnFrame | None = None,
     ) -> None:
+        self._topics_of = topics_of
+        self._on_frame = on_frame
         self._url = url
         self._category = category
         self._ping_interval_s = ping_interval_s
@@ -50,6 +54,8 @@ class Pool:
             dead_after_s=self._dead_after_s,
             on_trades=self._on_trades,
             on_gap=self._on_gap,
+            topics_of=self._topics_of,
+            on_frame=self._on_frame,
         )
         self.connections.append(conn)
         self._tasks.spawn(conn.run(self._stop), name=f"connection-{conn.name}")

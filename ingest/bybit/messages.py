@@ -111,7 +111,8 @@ def trade_topic(symbol: str) -> str:
 
 
 def symbol_of_topic(topic: str) -> str:
-    return topic.removeprefix(TRADE_TOPIC)
+    """`publicTrade.BTCUSDT` and `kline.1.BTCUSDT` (klines mode) -> `BTCUSDT`."""
+    return topic.rsplit(".", 1)[-1]
 
 
 def request(op: str, args: list[str], req_id: str) -> bytes:
