@@ -19,6 +19,7 @@ candle written in the series carries `gap: true`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -83,17 +84,22 @@ class ShardKlines:
         *,
         settle_ms: int = SETTLE_MS,
         max_backfill: int = MAX_BACKFILL,
+        keep_updates: bool = True,
     ) -> None:
-        self._store = store
+        self._store = self.store = store
         self._fetch = fetch
         self._intervals = intervals
         self._settle_ms = settle_ms
         self._max_backfill = max_backfill
+        self._keep_updates = keep_updates
         self._series: dict[tuple[str, str], _Series] = {}
         self._updates: dict[tuple[str, str], Candle] = {}
         self._last_starts: dict[str, int] = {}
         self.tasks = TaskSet()
         self.lost = False
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def load(self) -> None:
         """Read every series' last written candle from Redis (after a restart, or a handover)."""
@@ -124,7 +130,7 @@ class ShardKlines:
             return
         if candle.closed:
             self._push(series, candle)
-        else:
+        elif self._keep_updates:
             self._updates[key] = candle
 
     def catch_up(self, now_ms: int, symbols: Iterable[str] | None = None) -> None:
@@ -150,10 +156,18 @@ class ShardKlines:
     def pending(self) -> int:
         return sum(len(s.events) for s in self._series.values())
 
+    async def drained(self, timeout_s: float) -> bool:
+        """Wait until every queued event is handled (shutdown, handover); False on timeout."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        return self._idle.is_set()
+
     def _push(self, series: _Series, event: Event) -> None:
         series.events.append(event)
         if not series.busy:
             series.busy = True
+            self._busy += 1
+            self._idle.clear()
             self.tasks.spawn(self._work(series), name=f"klines {series}")
 
     async def _work(self, series: _Series) -> None:
@@ -166,6 +180,9 @@ class ShardKlines:
             self.lost = True
         finally:
             series.busy = False
+            self._busy -= 1
+            if self._busy == 0:
+                self._idle.set()
 
     async def _handle(self, series: _Series, event: Event) -> None:
         if isinstance(event, CatchUp):

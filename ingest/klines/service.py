@@ -1,0 +1,332 @@
+"""`python -m ingest` with STREAMER_KLINES_MODE=true: Bybit's confirmed klines → candle streams.
+
+The trade-mode machinery is reused as it is: the symbols are checked against instruments-info
+in `__main__`, the connection pool (pings, dead detection, reconnects with backoff, chunked and
+acked subscriptions) subscribes `kline.{code}.{symbol}` instead of `publicTrade.{symbol}`, and
+shards are owned through the same leases. What differs is what happens per shard
+(`ingest.klines.series.ShardKlines`): confirmed candles are written exactly once, in order per
+series, with holes filled from REST at start, after every reconnect and on a periodic sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import redis.asyncio as aioredis
+
+from common.errors import BadMessageError, RetryableError
+from common.keys import Keys
+from common.leases import ShardClaimer
+from common.lifecycle import TaskSet, until_stopped
+from common.logs import RateLimitedLog
+from common.metrics import serve_metrics
+from common.redisconn import connect
+from common.settings import IngestSettings
+from common.sharding import shard_of
+from ingest.klines import metrics
+from ingest.klines.frames import decode_frame, item_candle, parse_topic, topic
+from ingest.klines.rest import KlineRest
+from ingest.klines.series import Fetch, ShardKlines
+from ingest.klines.store import KlineStore
+from ingest.pool import Pool
+from ingest.rest import fetch_instruments
+from ingest.service import wait_for_redis, write_meta
+from ingest.symbols import refreshed_symbols
+
+log = logging.getLogger(__name__)
+_limited = RateLimitedLog(log)
+
+SWEEP_S = 5.0
+"""How often every series is checked for candles that ended but were never confirmed to us."""
+SUBSCRIBE_TIMEOUT_S = 30.0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class KlinesShards:
+    """The `ShardWorkers` of klines mode, and the frame and reconnect hooks of the pool."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        settings: IngestSettings,
+        fetch: Fetch,
+        tasks: TaskSet,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._settings = settings
+        self._fetch = fetch
+        self._tasks = tasks
+        self.pool: Pool | None = None
+        self.token = ""
+        self.symbols: list[str] = []
+        self.shards: dict[int, ShardKlines] = {}
+        self._shard_of: dict[str, int] = {}
+        self._watchers: dict[int, asyncio.Task[None]] = {}
+
+    def topics_of(self, symbol: str) -> list[str]:
+        return [topic(interval, symbol) for interval in self._settings.kline_intervals]
+
+    def _symbols_of(self, shard: int) -> list[str]:
+        return [s for s in self.symbols if shard_of(s, self._settings.shards) == shard]
+
+    # -- ShardWorkers ------------------------------------------------------------------------------
+
+    async def start_shard(self, shard: int) -> None:
+        assert self.pool is not None
+        settings = self._settings
+        store = KlineStore(
+            self._redis,
+            self._keys,
+            shard,
+            self.token,
+            settings.klines_maxlen,
+            settings.updates_maxlen,
+        )
+        klines = ShardKlines(
+            store,
+            self._fetch,
+            settings.kline_intervals,
+            keep_updates=settings.kline_updates_ms > 0,
+        )
+        await klines.load()  # every series' last written candle, e.g. after kill -9
+        symbols = self._symbols_of(shard)
+        klines.add_symbols(symbols)
+        self.shards[shard] = klines
+        # A dying series task takes the process down (the TaskSet re-raises it).
+        self._watchers[shard] = self._tasks.spawn(
+            klines.tasks.wait_failed(), name=f"klines-shard-{shard}"
+        )
+        for symbol in symbols:
+            self._shard_of[symbol] = shard
+        await self.pool.add(symbols)
+        self._tasks.spawn(self._open_shard(shard, symbols), name=f"open-shard-{shard}")
+
+    async def _open_shard(self, shard: int, symbols: list[str]) -> None:
+        assert self.pool is not None
+        if not await self.pool.wait_subscribed(symbols, SUBSCRIBE_TIMEOUT_S):
+            log.warning(
+                "shard %d: subscriptions not acked within %.0fs", shard, SUBSCRIBE_TIMEOUT_S
+            )
+        klines = self.shards.get(shard)
+        if klines is not None:
+            # Live confirms are flowing now: fill what ended while nobody served this shard.
+            klines.catch_up(now_ms())
+            log.info("shard %d: serving klines of %d symbols", shard, len(symbols))
+
+    async def stop_shard(self, shard: int, *, graceful: bool) -> None:
+        klines = self.shards.pop(shard, None)
+        symbols = self._symbols_of(shard)
+        for symbol in symbols:
+            self._shard_of.pop(symbol, None)
+        if self.pool is not None:
+            await self.pool.remove(symbols)
+        watcher = self._watchers.pop(shard, None)
+        if watcher is not None:
+            watcher.cancel()
+        if klines is None:
+            return
+        if graceful:
+            await klines.drained(self._settings.shutdown_timeout_s / 2)
+        await klines.tasks.cancel_all()
+
+    # -- pool hooks (per frame) --------------------------------------------------------------------
+
+    def on_frame(self, raw: bytes, received_ms: int) -> bool:
+        """Take kline pushes (True); op replies and anything else go on to the pool's parser."""
+        if b'"kline.' not in raw or b'"op"' in raw:
+            return False
+        try:
+            frame = decode_frame(raw)
+            interval, symbol = parse_topic(frame.topic)
+            shard = self._shard_of.get(symbol)
+            klines = None if shard is None else self.shards.get(shard)
+            if klines is None:
+                return True  # in flight after an unsubscribe, or a shard just lost
+            category = self._settings.bybit_category
+            # Linear sends the confirm of N and the first snapshot of N+1 together: in order.
+            for candle in [item_candle(symbol, interval, i, category) for i in frame.data]:
+                klines.on_candle(candle)
+        except BadMessageError as exc:
+            metrics.MALFORMED.inc()
+            _limited.warning("malformed", "malformed kline frame: %s: %.200r", exc, raw)
+        return True
+
+    def on_reconnected(self, symbols: list[str], from_ms: int, to_ms: int) -> None:
+        """A connection is back and resubscribed: catch its series up from REST."""
+        by_shard: dict[int, list[str]] = {}
+        for symbol in symbols:
+            shard = self._shard_of.get(symbol)
+            if shard is not None:
+                by_shard.setdefault(shard, []).append(symbol)
+        for shard, mine in sorted(by_shard.items()):
+            log.info(
+                "shard %d: %d symbols were away %d ms: catching up",
+                shard,
+                len(mine),
+                to_ms - from_ms,
+            )
+            self.shards[shard].catch_up(now_ms(), mine)
+
+    # -- periodic work -----------------------------------------------------------------------------
+
+    async def sweep(self, stop: asyncio.Event) -> None:
+        """Heal series whose confirm never came (e.g. it was sent just before a resubscribe)."""
+        while not await _stopped(stop, SWEEP_S):
+            for klines in list(self.shards.values()):
+                klines.catch_up(now_ms())
+
+    async def flush_updates(self, stop: asyncio.Event) -> None:
+        """Write each changed series' latest snapshot once per STREAMER_KLINE_UPDATES_MS."""
+        period_s = self._settings.kline_updates_ms / 1000
+        while not await _stopped(stop, period_s):
+            for klines in list(self.shards.values()):
+                batch = klines.take_updates()
+                if batch and not klines.lost:
+                    try:
+                        await klines.store.write_updates(batch)
+                        metrics.UPDATES.inc(len(batch))
+                    except Exception as exc:  # updates are best effort: never stop for them
+                        _limited.warning("updates", "writing updates failed: %r", exc)
+
+    @property
+    def pending(self) -> int:
+        return sum(k.pending for k in self.shards.values())
+
+    @property
+    def owned(self) -> set[int]:
+        return set(self.shards)
+
+    async def set_symbols(self, symbols: list[str]) -> None:
+        """Follow a refreshed symbol list (new listings subscribed, delistings dropped)."""
+        old, new = set(self.symbols), set(symbols)
+        self.symbols = sorted(new)
+        added = sorted(s for s in new - old if shard_of(s, self._settings.shards) in self.shards)
+        removed = sorted(old - new)
+        for symbol in removed:
+            shard = self._shard_of.pop(symbol, None)
+            if shard is not None and shard in self.shards:
+                self.shards[shard].remove_symbols([symbol])
+        for symbol in added:
+            shard = shard_of(symbol, self._settings.shards)
+            self._shard_of[symbol] = shard
+            self.shards[shard].add_symbols([symbol])
+        if self.pool is not None:
+            await self.pool.remove(removed)
+            await self.pool.add(added)
+
+
+async def _stopped(stop: asyncio.Event, period_s: float) -> bool:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), period_s)
+    return stop.is_set()
+
+
+async def _refresh(settings: IngestSettings, shards: KlinesShards, stop: asyncio.Event) -> None:
+    while not await _stopped(stop, settings.bybit_symbols_refresh_s):
+        try:
+            instruments = await fetch_instruments(
+                settings.bybit_rest_url, settings.bybit_category, settings.bybit_rest_timeout_s
+            )
+        except (RetryableError, BadMessageError) as exc:
+            log.warning("symbol refresh failed, keeping the current list: %s", exc)
+            continue
+        await shards.set_symbols(refreshed_symbols(settings, instruments))
+
+
+def warn_ignored_settings(settings: IngestSettings) -> None:
+    if "aggregator_waiter_mode_enabled" in settings.model_fields_set and (
+        settings.aggregator_waiter_mode_enabled
+    ):
+        log.warning(
+            "STREAMER_AGGREGATOR_WAITER_MODE_ENABLED is ignored in klines mode: "
+            "Bybit confirms its candles itself, there is nothing to wait for"
+        )
+
+
+async def run(settings: IngestSettings, symbols: list[str], stop: asyncio.Event) -> None:
+    warn_ignored_settings(settings)
+    keys = Keys(settings.redis_prefix)
+    redis = connect(settings)
+    try:
+        if await wait_for_redis(redis, settings.redis_url, stop):
+            await write_meta(redis, keys, settings)
+            await _serve(settings, symbols, redis, keys, stop)
+    finally:
+        await redis.aclose()
+
+
+async def _serve(
+    settings: IngestSettings,
+    symbols: list[str],
+    redis: aioredis.Redis,
+    keys: Keys,
+    stop: asyncio.Event,
+) -> None:
+    tasks = TaskSet()
+    rest = KlineRest(
+        settings.bybit_rest_url, settings.bybit_category, settings.bybit_rest_timeout_s
+    )
+    shards = KlinesShards(redis, keys, settings, rest.fetch, tasks)
+    shards.symbols = sorted(symbols)
+    claimer = ShardClaimer(
+        redis,
+        keys,
+        "ingest",
+        settings.shards,
+        settings.fixed_shards(),
+        settings.lease_ttl_ms,
+        shards,
+    )
+    shards.token = claimer.token
+    pool_stop, claim_stop = asyncio.Event(), asyncio.Event()
+    pool = shards.pool = Pool(
+        settings.ws_url,
+        settings.bybit_category,
+        settings.bybit_socket_pool_size,
+        ping_interval_s=settings.bybit_ping_interval_s,
+        dead_after_s=settings.bybit_dead_after_s,
+        on_trades=lambda message, received_ms: None,
+        on_gap=shards.on_reconnected,
+        tasks=tasks,
+        stop=pool_stop,
+        topics_of=shards.topics_of,
+        on_frame=shards.on_frame,
+    )
+    claim_task = tasks.spawn(claimer.run(claim_stop), name="claimer")
+    tasks.spawn(shards.sweep(stop), name="klines-sweep")
+    if settings.kline_updates_ms > 0:
+        tasks.spawn(shards.flush_updates(stop), name="klines-updates")
+    if settings.bybit_symbols_refresh_s > 0:
+        tasks.spawn(_refresh(settings, shards, stop), name="symbols-refresh")
+    server = None
+    if settings.metrics_port:
+        server = await serve_metrics(
+            settings.metrics_host,
+            settings.metrics_port,
+            lambda: pool.connected and bool(shards.shards),
+        )
+    log.info(
+        "ingest started in klines mode: %d symbols × %s, %d shards (%s), pool of %d",
+        len(symbols),
+        ",".join(i.label for i in settings.kline_intervals),
+        settings.shards,
+        settings.shard_ids or "leases",
+        settings.bybit_socket_pool_size,
+    )
+    try:
+        await until_stopped(stop, tasks)
+    finally:
+        pool_stop.set()
+        claim_stop.set()  # stop_shard(graceful) lets every series queue drain first
+        await asyncio.wait({claim_task}, timeout=settings.shutdown_timeout_s)
+        await tasks.cancel_all()
+        if server is not None:
+            server.close()
