@@ -1,0 +1,161 @@
+"""The recorded real Bybit kline frames through klines mode's frame hook and writer.
+
+Ground truth: ../shared/testdata/bybit (cryptofeed capture, 2026-08-09 21:26:57-21:27:42 UTC).
+The capture holds one confirm per series, the 21:26 candle, which must come out of the candle
+stream with exactly Bybit's values (derived_kline1.csv, `confirm` True).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from common.keys import Keys
+from common.lifecycle import TaskSet
+from common.settings import IngestSettings
+from common.wire import candle_view_decoder
+from ingest.klines import metrics
+from ingest.klines.service import KlinesShards
+from tests.ingest.klines.test_frames import recorded_kline_frames
+from tests.support.procs import TESTDATA
+
+pytestmark = pytest.mark.redis
+
+KEYS = Keys("t")
+SYMBOLS = ["BTCUSDT", "DOGEUSDT", "ETHUSDT", "SOLUSDT"]
+
+
+class FakePool:
+    """Stands in for the connection pool: frames are fed by hand."""
+
+    def __init__(self) -> None:
+        self.symbols: set[str] = set()
+
+    async def add(self, symbols: list[str]) -> None:
+        self.symbols.update(symbols)
+
+    async def remove(self, symbols: list[str]) -> None:
+        self.symbols.difference_update(symbols)
+
+    async def wait_subscribed(self, symbols: list[str], timeout_s: float) -> bool:
+        return True
+
+
+async def no_rest(*args: object) -> list[object]:
+    raise AssertionError("no backfill expected on a cold start")
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def serving(redis: aioredis.Redis, updates_ms: int = 0) -> KlinesShards:
+    settings = IngestSettings(
+        _env_file=None,
+        bybit_symbols=SYMBOLS,
+        klines_mode=True,
+        kline_intervals="1m",
+        shards=1,
+        kline_updates_ms=updates_ms,
+    )
+    shards = KlinesShards(redis, KEYS, settings, no_rest, TaskSet())
+    shards.pool = FakePool()  # type: ignore[assignment]
+    shards.symbols = SYMBOLS
+    shards.token = "ingest:replay"
+    await redis.set(KEYS.lease("ingest", 0), shards.token)
+    await shards.start_shard(0)
+    return shards
+
+
+def expected_confirms() -> dict[str, dict[str, str]]:
+    path = TESTDATA / "cryptofeed__BYBIT.derived_kline1.csv"
+    with path.open() as f:
+        rows = [
+            r for r in csv.DictReader(f) if r["category"] == "linear" and r["confirm"] == "True"
+        ]
+    return {r["symbol"]: r for r in rows}
+
+
+async def test_the_confirmed_2126_candles_come_out_with_bybits_exact_values(
+    redis: aioredis.Redis,
+) -> None:
+    frames = recorded_kline_frames("/linear")
+    shards = await serving(redis)
+    for frame in frames + frames:  # every frame twice: a confirm seen twice is written once
+        assert shards.on_frame(frame.encode(), 0)
+    assert await shards.shards[0].drained(5)
+    rows = await redis.xrange(KEYS.klines(0))
+    texts = [fields[b"data"] for _, fields in rows]
+    views = [candle_view_decoder.decode(t) for t in texts]
+    assert sorted(v.symbol for v in views) == SYMBOLS
+    expected = expected_confirms()
+    for text, view in zip(texts, views, strict=True):
+        row = expected[view.symbol]
+        assert view.timestamp == int(row["start_ms"]) == 1786310760000
+        for name in ("open", "high", "low", "close", "volume", "turnover"):
+            # Exactly Bybit's digits in the JSON text, not a float rendering of them.
+            assert f'"{name}":{row[name]},'.encode() in text
+        assert (view.interval, view.interval_label, view.closed, view.revision) == (
+            60000,
+            "1m",
+            True,
+            0,
+        )
+        assert (view.source, view.category, view.gap) == ("bybit", "linear", False)
+    btc = json.loads(next(t for t, v in zip(texts, views, strict=True) if v.symbol == "BTCUSDT"))
+    assert (btc["open"], btc["high"], btc["low"], btc["close"]) == (
+        65119.9,
+        65119.9,
+        65114.2,
+        65114.2,
+    )
+    assert (btc["volume"], btc["turnover"]) == (3.712, 241712.1394)
+    last = await redis.hgetall(KEYS.klines_last(0))
+    assert last == {f"{s}:1m".encode(): b"1786310760000" for s in SYMBOLS}
+    await shards.stop_shard(0, graceful=True)
+
+
+async def test_snapshots_become_in_progress_updates(redis: aioredis.Redis) -> None:
+    frames = recorded_kline_frames("/linear")
+    shards = await serving(redis, updates_ms=1000)
+    for frame in frames:
+        shards.on_frame(frame.encode(), 0)
+    updates = shards.shards[0].take_updates()
+    by_symbol = {c.symbol: c for c in updates}
+    assert sorted(by_symbol) == SYMBOLS
+    # The last 21:27 snapshot of BTCUSDT in the capture (README table: ts 21:27:40.441).
+    btc = by_symbol["BTCUSDT"]
+    assert (btc.timestamp, btc.closed) == (1786310820000, False)
+    assert [bytes(x) for x in (btc.open, btc.high, btc.low, btc.close)] == [
+        b"65114.2",
+        b"65114.3",
+        b"65113.1",
+        b"65114.3",
+    ]
+    assert (bytes(btc.volume), bytes(btc.turnover)) == (b"7.035", b"458078.3588")
+    await shards.stop_shard(0, graceful=True)
+
+
+async def test_malformed_frames_are_counted_and_other_frames_passed_on(
+    redis: aioredis.Redis,
+) -> None:
+    shards = await serving(redis)
+    before = metrics.MALFORMED.get()
+    assert shards.on_frame(b'{"topic":"kline.1.BTCUSDT","data":[{"start":"x"}],"ts":1}', 0)
+    assert shards.on_frame(b'{"topic":"kline.9.BTCUSDT","data":[],"ts":1}', 0)
+    assert metrics.MALFORMED.get() == before + 2
+    # Op replies (acks, pongs, refusals naming a kline topic) go on to the pool's own parser.
+    assert not shards.on_frame(b'{"success":true,"ret_msg":"pong","op":"ping"}', 0)
+    refusal = (
+        b'{"success":false,"ret_msg":"error:handler not found,topic:kline.1.X","op":"subscribe"}'
+    )
+    assert not shards.on_frame(refusal, 0)
+    assert await redis.xlen(KEYS.klines(0)) == 0
+    await shards.stop_shard(0, graceful=True)
