@@ -44,8 +44,27 @@ SWEEP_S = 5.0
 SUBSCRIBE_TIMEOUT_S = 30.0
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+class ExchangeClock:
+    """The exchange's time: the newest push `ts` seen, plus the local time elapsed since.
+
+    Catch-ups decide what has ended by this clock, not by the local one, so a skewed host clock
+    (or a simulator on a shifted clock) never makes ingest ask for candles that are still open.
+    Before the first push it says 0: nothing is known to have ended, the sweep comes back later.
+    """
+
+    def __init__(self) -> None:
+        self._ts_ms = 0
+        self._seen_s = 0.0
+
+    def saw(self, ts_ms: int) -> None:
+        if ts_ms > self._ts_ms:
+            self._ts_ms = ts_ms
+            self._seen_s = time.monotonic()
+
+    def now_ms(self) -> int:
+        if not self._ts_ms:
+            return 0
+        return self._ts_ms + int((time.monotonic() - self._seen_s) * 1000)
 
 
 class KlinesShards:
@@ -70,6 +89,7 @@ class KlinesShards:
         self.shards: dict[int, ShardKlines] = {}
         self._shard_of: dict[str, int] = {}
         self._watchers: dict[int, asyncio.Task[None]] = {}
+        self.clock = ExchangeClock()
 
     def topics_of(self, symbol: str) -> list[str]:
         return [topic(interval, symbol) for interval in self._settings.kline_intervals]
@@ -118,7 +138,7 @@ class KlinesShards:
         klines = self.shards.get(shard)
         if klines is not None:
             # Live confirms are flowing now: fill what ended while nobody served this shard.
-            klines.catch_up(now_ms())
+            klines.catch_up(self.clock.now_ms())
             log.info("shard %d: serving klines of %d symbols", shard, len(symbols))
 
     async def stop_shard(self, shard: int, *, graceful: bool) -> None:
@@ -145,6 +165,7 @@ class KlinesShards:
             return False
         try:
             frame = decode_frame(raw)
+            self.clock.saw(frame.ts)
             interval, symbol = parse_topic(frame.topic)
             shard = self._shard_of.get(symbol)
             klines = None if shard is None else self.shards.get(shard)
@@ -173,7 +194,7 @@ class KlinesShards:
                 len(mine),
                 to_ms - from_ms,
             )
-            self.shards[shard].catch_up(now_ms(), mine)
+            self.shards[shard].catch_up(self.clock.now_ms(), mine)
 
     # -- periodic work -----------------------------------------------------------------------------
 
@@ -181,7 +202,7 @@ class KlinesShards:
         """Heal series whose confirm never came (e.g. it was sent just before a resubscribe)."""
         while not await _stopped(stop, SWEEP_S):
             for klines in list(self.shards.values()):
-                klines.catch_up(now_ms())
+                klines.catch_up(self.clock.now_ms())
 
     async def flush_updates(self, stop: asyncio.Event) -> None:
         """Write each changed series' latest snapshot once per STREAMER_KLINE_UPDATES_MS."""
