@@ -5,7 +5,9 @@ from __future__ import annotations
 from common.metrics import REGISTRY
 
 TRADES = REGISTRY.counter("ingest_trades_total", "trades received and queued for Redis")
-MESSAGES = REGISTRY.counter("ingest_messages_total", "publicTrade messages received")
+MESSAGES = REGISTRY.counter(
+    "ingest_messages_total", "publicTrade messages written (one stream entry each)"
+)
 MALFORMED = REGISTRY.counter("ingest_malformed_total", "frames that could not be understood")
 DUPLICATES = REGISTRY.counter("ingest_duplicate_trades_total", "trades seen twice, written once")
 RECONNECTS = REGISTRY.counter("ingest_reconnects_total", "WebSocket reconnects")

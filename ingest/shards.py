@@ -91,11 +91,15 @@ class IngestShards:
         last_ms, ids = await read_tail(self._redis, self._keys.trades(shard))
         for symbol, trade_ids in ids.items():
             self.dedup.seed(symbol, trade_ids)
+        self.own(shard, symbols)
+        await self.pool.add(symbols)
+        self._tasks.spawn(self._open_shard(shard, symbols, last_ms), name=f"open-shard-{shard}")
+
+    def own(self, shard: int, symbols: list[str]) -> None:
+        """From now on, trades of `symbols` are written to `shard`."""
         self.owned.add(shard)
         for symbol in symbols:
             self._shard_of[symbol] = shard
-        await self.pool.add(symbols)
-        self._tasks.spawn(self._open_shard(shard, symbols, last_ms), name=f"open-shard-{shard}")
 
     async def _open_shard(self, shard: int, symbols: list[str], last_ms: int) -> None:
         assert self.pool is not None
@@ -147,7 +151,6 @@ class IngestShards:
         shard = self._shard_of.get(message.symbol)
         if shard is None:
             return  # in flight after an unsubscribe, or a shard just lost
-        metrics.MESSAGES.inc()
         trades = self.dedup.fresh(message.symbol, message.trades)
         if len(trades) != len(message.trades):
             metrics.DUPLICATES.inc(len(message.trades) - len(trades))

@@ -236,20 +236,28 @@ class Writer:
                 continue
             self.written += len(payloads)
             metrics.WRITTEN.inc(len(payloads))
+        metrics.MESSAGES.inc(sum(1 for item in batch if item.trades))
 
     def _flush_drop_gaps(self) -> None:
         if not self._drops:
             return
         drops, self._drops = self._drops, {}
-        for shard, window in sorted(drops.items()):
+        for shard, window in sorted(drops.items(), reverse=True):
+            symbols = sorted(window.symbols)
             log.error(
-                "buffer overflowed while redis was down: shard %d lost trades of %d symbols",
+                "buffer overflowed while redis was down: shard %d lost trades of %d symbols "
+                "between %d and %d",
                 shard,
-                len(window.symbols),
+                len(symbols),
+                window.from_ms,
+                window.to_ms,
             )
-            self.put_gap(
-                shard, sorted(window.symbols), window.from_ms, window.to_ms, "buffer-overflow"
-            )
+            metrics.GAPS.inc(1, "buffer-overflow")
+            # First in line and outside the bound: it explains what is missing before the rest.
+            payload = encode_gap(symbols, window.from_ms, window.to_ms, "buffer-overflow")
+            self._queue.appendleft(Item(shard, payload))
+        self._idle.clear()
+        self._wake.set()
 
     async def _maybe_trim(self) -> None:
         now = time.monotonic()

@@ -94,7 +94,12 @@ def parse_frame(raw: bytes | str) -> TradeMessage | OpReply | None:
         except msgspec.DecodeError as exc:
             raise BadMessageError(f"{frame.topic}: {exc}") from None
         symbol = frame.topic[len(TRADE_TOPIC) :]
-        trades = [Trade(t.time_ms, t.price, t.size, t.side, t.trade_id, _seq(t.seq)) for t in wire]
+        trades = [
+            Trade(t.time_ms, t.price, t.size, t.side, t.trade_id, t.seq)
+            if type(t.seq) is int
+            else Trade(t.time_ms, t.price, t.size, t.side, t.trade_id, _seq(t.seq))
+            for t in wire
+        ]
         return TradeMessage(symbol, frame.ts or 0, trades)
     if frame.op is not None:
         return OpReply(

@@ -49,11 +49,15 @@ def test_classify(exc: BaseException, verdict: Verdict) -> None:
     assert classify(exc) is verdict
 
 
-def test_recent_ids_forget_the_oldest() -> None:
+def test_recent_ids_remember_at_least_the_last_size_ids_and_at_most_twice() -> None:
     recent = RecentIds(3)
     assert [recent.add(x) for x in "abca"] == [True, True, True, False]
-    assert recent.add("d") is True  # evicts a
-    assert recent.add("a") is True
+    assert recent.add("d") is True
+    assert all(x in recent for x in "abcd")  # two generations: a b c (old) and d (young)
+    for x in "ef":
+        assert recent.add(x) is True
+    assert "a" not in recent  # a, b, c are forgotten together
+    assert all(x in recent for x in "def")
     assert len(recent) == 3
 
 

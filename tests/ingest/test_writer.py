@@ -1,0 +1,143 @@
+"""The writer against a real redis-server: order, fencing, clock entries, buffering, gaps."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from common.keys import Keys
+from common.wire import ClockEntry, GapEntry, Side, Trade, TradesEntry, entry_decoder
+from ingest.shards import read_tail
+from ingest.writer import Writer
+from tests.support.redisproc import RedisProcess
+from tests.support.waiting import async_wait_until
+
+pytestmark = pytest.mark.redis
+
+KEYS = Keys("t")
+TOKEN = "ingest:test"
+
+
+def _trades(n: int, start: int = 0, time_ms: int = 1000) -> list[Trade]:
+    return [Trade(time_ms + i, "1.5", "2", Side.SELL, f"id{start + i}") for i in range(n)]
+
+
+async def _entries(client: aioredis.Redis, shard: int) -> list[object]:
+    rows = await client.xrange(KEYS.trades(shard))
+    return [entry_decoder.decode(fields[b"data"]) for _, fields in rows]
+
+
+def _writer(client: aioredis.Redis, **kw: int) -> Writer:
+    options = {
+        "clock_interval_ms": 5,
+        "buffer_max": 1000,
+        "batch_max": 100,
+        "retention_s": 3600,
+        **kw,
+    }
+    return Writer(client, KEYS, TOKEN, **options)
+
+
+async def test_entries_in_order_then_a_clock_entry(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    await client.set(KEYS.lease("ingest", 0), TOKEN)
+    writer = _writer(client)
+    writer.ready.add(0)
+    for i in range(250):
+        writer.put_trades(0, "BTCUSDT", _trades(1, i, 1000 + i), 2000 + i, 3000 + i)
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    assert await writer.drained(5)
+    stop.set()
+    await task
+    entries = await _entries(client, 0)
+    trades = [e for e in entries if isinstance(e, TradesEntry)]
+    assert [e.trades[0].trade_id for e in trades] == [f"id{i}" for i in range(250)]
+    assert trades[0] == TradesEntry("BTCUSDT", _trades(1, 0, 1000), 2000, 3000)
+    # the first clock entry comes after every trade that was queued before it
+    first_clock = next(i for i, e in enumerate(entries) if isinstance(e, ClockEntry))
+    assert first_clock == 250
+    await client.aclose()
+
+
+async def test_a_stale_owner_writes_nothing(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    await client.set(KEYS.lease("ingest", 1), "someone-else")
+    writer = _writer(client)
+    writer.ready.add(1)
+    writer.put_trades(1, "ETHUSDT", _trades(3), 1, 1)
+    stop = asyncio.Event()
+    stop.set()
+    await writer.flush_once(stop)
+    assert await client.exists(KEYS.trades(1)) == 0
+    assert 1 not in writer.ready
+    await client.aclose()
+
+
+async def test_redis_down_buffers_drops_oldest_and_writes_a_gap(own_redis: RedisProcess) -> None:
+    client = aioredis.Redis.from_url(own_redis.url, socket_connect_timeout=0.5)
+    await client.set(KEYS.lease("ingest", 0), TOKEN)
+    writer = _writer(client, buffer_max=100, batch_max=10)
+    writer.ready.add(0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    writer.put_trades(0, "AUSDT", _trades(1, 0, 100), 0, 0)
+    assert await writer.drained(5)
+    port = own_redis.port
+    own_redis.kill()
+    # 300 messages while Redis is down: readers never block; the oldest ~200 are dropped
+    for i in range(1, 301):
+        writer.put_trades(0, "AUSDT" if i % 2 else "BUSDT", _trades(1, i, 100 + i), 0, 0)
+        await asyncio.sleep(0)
+    await async_wait_until(lambda: _false_async(writer.healthy), 5, "writer to notice")
+    assert writer.queued <= 100
+    restarted = RedisProcess(own_redis.workdir, port=port).start()
+    try:
+        await client.set(KEYS.lease("ingest", 0), TOKEN)
+        await async_wait_until(lambda: _true_async(writer.healthy), 15, "writes to resume")
+        assert await writer.drained(10)
+        stop.set()
+        await task
+        entries = await _entries(client, 0)
+        trades = [e for e in entries if isinstance(e, TradesEntry)]
+        gaps = [e for e in entries if isinstance(e, GapEntry)]
+        ids = [int(e.trades[0].trade_id[2:]) for e in trades]
+        assert ids == sorted(ids)
+        assert ids[-1] == 300  # the newest survive
+        missing = set(range(1, 301)) - set(ids)
+        assert len(missing) >= 190
+        assert len(gaps) == 1
+        gap = gaps[0]
+        assert gap.symbols == ["AUSDT", "BUSDT"]
+        assert gap.reason == "buffer-overflow"
+        assert gap.from_ms <= 100 + min(missing) and gap.to_ms >= 100 + max(missing)
+    finally:
+        await client.aclose()
+        restarted.stop()
+
+
+async def _false_async(value: bool) -> bool:
+    return not value
+
+
+async def _true_async(value: bool) -> bool:
+    return value
+
+
+async def test_read_tail_finds_last_time_and_ids(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    await client.set(KEYS.lease("ingest", 0), TOKEN)
+    writer = _writer(client)
+    writer.put_trades(0, "AUSDT", _trades(2, 0), 5, 700)
+    writer.put_gap(0, ["AUSDT"], 10, 900, "reconnect")
+    writer.put_trades(0, "BUSDT", _trades(1, 7), 5, 800)
+    stop = asyncio.Event()
+    stop.set()
+    await writer.flush_once(stop)
+    last_ms, ids = await read_tail(client, KEYS.trades(0))
+    assert last_ms == 900
+    assert ids == {"AUSDT": ["id0", "id1"], "BUSDT": ["id7"]}
+    assert await read_tail(client, KEYS.trades(3)) == (0, {})
+    await client.aclose()
