@@ -126,7 +126,9 @@ class GroupReader:
     async def read(self, count: int, block_ms: int) -> CandleBatch | None:
         try:
             if self._own_pending:
-                return await self._read_own_pending(count)
+                batch = await self._read_own_pending(count)
+                if batch is not None:
+                    return batch
             if time.monotonic() >= self._next_claim_s:
                 self._next_claim_s = time.monotonic() + self._claim_idle_ms / 2000
                 claimed = await self._claim(count)

@@ -51,7 +51,7 @@ def series(count: int, symbols: int = 5, start_ms: int = 1_786_310_820_000) -> l
         candle(
             symbol=f"SYM{i % symbols}USDT",
             timestamp=start_ms + (i // symbols) * 60_000,
-            close=f"0.{i + 1:04d}00000000000001",
+            close=f"0.{i + 1:04d}0000000001",
         )
         for i in range(count)
     ]

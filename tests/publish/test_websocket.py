@@ -223,7 +223,8 @@ async def test_frames_hold_up_to_max_frame_candles() -> None:
         assert [len(f) for f in frames] == [3, 3, 1]  # type: ignore[arg-type]
         assert [c for f in frames for c in f] == [msgspec.json.decode(r) for r in raws]  # type: ignore[attr-defined]
         # The exact digits survive: no float noise.
-        assert b'"close":0.000100000000000001' in await _raw_frame(consumer, conn, raws[:1])
+        exact = candle(close="0.30000000000000000001")
+        assert await _raw_frame(consumer, conn, [exact]) == b"[" + exact + b"]"
         await conn.close()
     finally:
         await consumer.stop()

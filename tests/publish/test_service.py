@@ -1,0 +1,144 @@
+"""The service in-process on a real Redis: positions, groups, and consumers that fail or stall."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+import pytest
+import redis
+
+from common.keys import Keys
+from common.metrics import REGISTRY
+from common.redisconn import connect
+from publish.batch import CandleBatch
+from publish.consumers.base import BaseConsumer
+from publish.reader import GroupReader, PositionReader
+from publish.service import PublishService
+from tests.publish.helpers import PREFIX, series, ws_settings, xadd_candles
+from tests.support.waiting import async_wait_until
+
+pytestmark = pytest.mark.redis
+
+
+class Recorder(BaseConsumer):
+    def __init__(self, name: str = "recorder") -> None:
+        super().__init__(name)
+        self.got: list[dict[str, Any]] = []
+
+    async def consume(self, data: list[dict[str, Any]]) -> None:
+        self.got.extend(data)
+
+
+class Failing(BaseConsumer):
+    async def consume(self, data: list[dict[str, Any]]) -> None:
+        raise RuntimeError("user bug")
+
+
+class Stalled(BaseConsumer):
+    def __init__(self, name: str = "stalled") -> None:
+        super().__init__(name)
+        self.release = asyncio.Event()
+
+    async def consume(self, data: list[dict[str, Any]]) -> None:
+        await self.release.wait()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_failing_and_stalled_consumers_do_not_hold_up_the_others(redis_url: str) -> None:
+    settings = ws_settings(1, redis_url=redis_url, shards=2, publish_batch=10)
+    good, failing, stalled = Recorder(), Failing("failing"), Stalled()
+    for consumer in (good, failing, stalled):
+        consumer.settings = settings
+    service = PublishService(settings, [good, failing, stalled])
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    sync = redis.Redis.from_url(redis_url)
+    await async_wait_until(
+        lambda: _true(len(sync.keys("t:*:pos:*")) == 6),
+        what="positions stored at the tail",
+    )  # fmt: skip
+    raws = series(100)
+    xadd_candles(sync, raws)
+    await async_wait_until(lambda: _true(len(good.got) == 100), what="all candles")
+    # Dicts as the original interface gave them: numbers as floats.
+    assert sorted(good.got, key=repr) == sorted(map(msgspec.json.decode, raws), key=repr)
+    await async_wait_until(
+        lambda: _true(REGISTRY.counter("publish_consume_errors_total", "").get("failing") >= 1),
+        what="errors counted",
+    )
+    assert REGISTRY.gauge("publish_consumer_queue_batches", "").get("stalled") >= 1
+    stalled.release.set()
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert service.start_error is None
+    sync.close()
+
+
+async def test_position_reader_starts_at_the_tail_and_resumes(redis_url: str) -> None:
+    settings = ws_settings(1, redis_url=redis_url, shards=2)
+    client = connect(settings)
+    sync = redis.Redis.from_url(redis_url)
+    xadd_candles(sync, series(10))  # before the first start: not read
+    reader = PositionReader(client, Keys(PREFIX), 2, "x", "r1")
+    await reader.start()
+    assert await reader.read(100, 10) is None
+    fresh = series(20, start_ms=1_786_400_000_000)
+    xadd_candles(sync, fresh)
+    batch = await reader.read(15, 10)
+    assert batch is not None and len(batch) <= 30
+    await reader.done(batch)
+    # A new reader (a restart) continues after what was handled, not from the tail.
+    again = PositionReader(client, Keys(PREFIX), 2, "x", "r1")
+    await again.start()
+    rest: list[bytes] = []
+    while (more := await again.read(100, 10)) is not None:
+        rest.extend(more.raws)
+    assert sorted(batch.raws + rest) == sorted(fresh)
+    await client.aclose()
+    sync.close()
+
+
+async def test_group_reader_rereads_own_pending_and_claims_a_dead_replicas(
+    redis_url: str,
+) -> None:
+    settings = ws_settings(1, redis_url=redis_url, shards=1)
+    client = connect(settings)
+    sync = redis.Redis.from_url(redis_url)
+    keys = Keys(PREFIX)
+    first = GroupReader(client, keys, 1, "g", "r1", claim_idle_ms=100)
+    await first.start()
+    raws = series(6)
+    xadd_candles(sync, raws, shards=1)
+    got = await first.read(4, 10)
+    assert got is not None and got.raws == raws[:4]
+    # r1 "restarts" without acknowledging: it reads its own pending entries first.
+    restarted = GroupReader(client, keys, 1, "g", "r1", claim_idle_ms=60_000)
+    await restarted.start()
+    pending = await restarted.read(100, 10)
+    assert pending is not None and pending.raws == raws[:4]
+    await restarted.done(pending)
+    # r2 reads the last two and dies; r3 claims them once idle long enough.
+    r2 = GroupReader(client, keys, 1, "g", "r2", claim_idle_ms=100)
+    await r2.start()
+    assert (await r2.read(100, 10)).raws == raws[4:]  # type: ignore[union-attr]
+    r3 = GroupReader(client, keys, 1, "g", "r3", claim_idle_ms=100)
+    await r3.start()
+    await asyncio.sleep(0.15)  # the idle time is the subject here, not a wait for an event
+    claimed = await r3.read(100, 10)
+    assert claimed is not None and claimed.raws == raws[4:]
+    await r3.done(claimed)
+    assert sync.xpending(keys.klines(0), "g")["pending"] == 0
+    await client.aclose()
+    sync.close()
+
+
+def test_batch_dicts_and_ids() -> None:
+    raws = series(2)
+    batch = CandleBatch(raws, {0: [b"1-0", b"2-0"], 1: []})
+    assert batch.last_ids() == {0: b"2-0"}
+    assert batch.dicts()[0]["close"] == 0.00010000000001
