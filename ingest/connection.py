@@ -47,6 +47,9 @@ OnFrame = Callable[[bytes, int], bool]
 """Sees every frame first (klines mode); True means it took the frame."""
 
 
+MAX_LAG_MS = 5000
+
+
 class DeadConnectionError(RetryableError):
     """No data and no pong within the dead-after time."""
 
@@ -84,6 +87,7 @@ class Connection:
         self._gap_from_ms: int | None = None
         self.settled = asyncio.Event()
         self._session_ok = False
+        self._lag_ms = 0
 
     @property
     def connected(self) -> bool:
@@ -193,7 +197,10 @@ class Connection:
         if self._ws is not None:
             metrics.CONNECTIONS.inc(-1)
             if self._gap_from_ms is None and self.last_rx_ms:
-                self._gap_from_ms = self.last_rx_ms
+                # Trades built after the last frame's exchange time may be lost: start the gap
+                # there (receive time minus the delay seen on the last push), in trade time.
+                lag_ms = min(max(self._lag_ms, 0), MAX_LAG_MS)
+                self._gap_from_ms = self.last_rx_ms - lag_ms
         self._ws = None
         self.subscribed.clear()
         self._pending.clear()
@@ -245,6 +252,7 @@ class Connection:
             if message is None:
                 continue
             if isinstance(message, TradeMessage):
+                self._lag_ms = received_ms - message.exchange_ms
                 if message.trades:
                     on_trades(message, received_ms)
             else:

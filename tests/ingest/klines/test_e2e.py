@@ -1,0 +1,229 @@
+"""Klines mode end to end: the simulator as Bybit, `python -m ingest` as a real process.
+
+The simulator runs its market clock 20x faster than the wall (`--speed 20`: a minute in 3 s), so
+several 1m candles close within a few seconds. What is asserted, per series: the candle stream
+holds every candle from the first one written to the last one the simulator confirmed, exactly
+once, in order, each with the simulator's exact values; through connection drops every 2 s and a
+`kill -9` of ingest followed by a restart (the missed confirms come from REST backfill).
+
+The publish stage's WebSocket server is another engineer's; these tests read the candle streams.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from common.keys import Keys
+from tests.support.procs import Proc, python_module
+from tests.support.waiting import wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+KEYS = Keys("e2e")
+SHARDS = 2
+INTERVALS = {"1": 60_000, "5": 300_000}
+LABELS = {"1": "1m", "5": "5m"}
+
+
+class Simulator:
+    def __init__(self, tmp_path: Path, *flags: str) -> None:
+        self.ledger = tmp_path / "klines-ledger.jsonl"
+        self.proc = python_module(
+            "simulator",
+            "--port", "0", "--symbols", "4", "--rate", "40", "--seed", "7", "--speed", "20",
+            "--quiet-fraction", "0", "--kline-ledger", str(self.ledger), *flags,
+            env={}, log_path=tmp_path / "simulator.log",
+        )  # fmt: skip
+        self.proc.wait_output("simulator ready", 20)
+        match = re.search(r"simulator ready (ws://\S+) (http://\S+)", self.proc.output())
+        assert match is not None
+        self.ws_url, self.rest_url = match.group(1), match.group(2)
+
+    def symbols(self) -> list[str]:
+        url = f"{self.rest_url}/v5/market/instruments-info?category=linear"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return sorted(i["symbol"] for i in json.load(response)["result"]["list"])
+
+    def rest_rows(self, symbol: str, code: str, first: int, last: int) -> dict[int, list[str]]:
+        url = (
+            f"{self.rest_url}/v5/market/kline?category=linear&symbol={symbol}&interval={code}"
+            f"&start={first}&end={last}&limit=1000"
+        )
+        with urllib.request.urlopen(url, timeout=5) as response:
+            rows = json.load(response)["result"]["list"]
+        return {int(row[0]): row[1:] for row in rows}
+
+    def open_start(self, symbol: str) -> int:
+        """Start of the symbol's open 1m candle: the market clock (REST lists it newest first)."""
+        url = f"{self.rest_url}/v5/market/kline?category=linear&symbol={symbol}&interval=1&limit=1"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(json.load(response)["result"]["list"][0][0])
+
+    def confirms(self) -> dict[tuple[str, str], dict[int, list[str]]]:
+        out: dict[tuple[str, str], dict[int, list[str]]] = {}
+        for line in self.ledger.read_text().splitlines():
+            c = json.loads(line)
+            values = [c[k] for k in ("open", "high", "low", "close", "volume", "turnover")]
+            out.setdefault((c["symbol"], c["interval"]), {})[c["start"]] = values
+        return out
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGKILL)
+            proc.popen.wait(10)
+
+
+def ingest_env(redis_url: str, sim: Simulator, symbols: list[str], **extra: str) -> dict[str, str]:
+    return {
+        "STREAMER_REDIS_URL": redis_url,
+        "STREAMER_REDIS_PREFIX": KEYS.prefix,
+        "STREAMER_KLINES_MODE": "true",
+        "STREAMER_KLINE_INTERVALS": "1m,5m",
+        "STREAMER_BYBIT_SYMBOLS": ",".join(symbols),
+        "STREAMER_BYBIT_WS_URL": sim.ws_url,
+        "STREAMER_BYBIT_REST_URL": sim.rest_url,
+        "STREAMER_BYBIT_SOCKET_POOL_SIZE": "2",
+        "STREAMER_BYBIT_DEAD_AFTER_S": "5",
+        "STREAMER_SHARDS": str(SHARDS),
+        "STREAMER_SHARD_IDS": "0,1",
+        "STREAMER_KLINE_UPDATES_MS": "200",
+        **extra,
+    }
+
+
+def stream_candles(client: redis.Redis) -> dict[tuple[str, str], list[dict[str, str]]]:
+    """Every candle of the candle streams, decimals as their exact JSON text."""
+    out: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for shard in range(SHARDS):
+        for _, fields in client.xrange(KEYS.klines(shard)):
+            c = json.loads(fields[b"data"], parse_float=str, parse_int=str)
+            out.setdefault((c["symbol"], c["interval_label"]), []).append(c)
+    return out
+
+
+def assert_complete(sim: Simulator, client: redis.Redis, symbols: list[str]) -> int:
+    """Wait until the streams hold every ledger confirm; then check order, values, once-only."""
+    confirms = sim.confirms()
+    assert {s for s, _ in confirms} == set(symbols)
+
+    def covered() -> bool:
+        got = stream_candles(client)
+        return all(
+            (symbol, LABELS[code]) in got
+            and int(got[(symbol, LABELS[code])][-1]["timestamp"]) >= max(starts)
+            for (symbol, code), starts in confirms.items()
+        )
+
+    wait_until(covered, 30, what="every confirm of the simulator's ledger in the streams")
+    got = stream_candles(client)
+    total = 0
+    for (symbol, code), ledger in sorted(confirms.items()):
+        series = got[(symbol, LABELS[code])]
+        starts = [int(c["timestamp"]) for c in series]
+        step = INTERVALS[code]
+        # Exactly once and in order, with no hole from the first candle written to the last.
+        assert starts == list(range(starts[0], starts[-1] + step, step)), (symbol, code, starts)
+        rest = sim.rest_rows(symbol, code, starts[0], starts[-1])
+        for candle in series:
+            start = int(candle["timestamp"])
+            values = [candle[k] for k in ("open", "high", "low", "close", "volume", "turnover")]
+            assert values == rest[start], (symbol, code, start)
+            if start in ledger:
+                assert values == ledger[start]
+            assert (candle["closed"], candle["source"], candle["gap"]) == (True, "bybit", False)
+            assert candle["interval"] == str(step)
+        # Every confirm the simulator sent after the first written candle is there.
+        assert {s for s in ledger if s >= starts[0]} <= set(starts)
+        total += len(series)
+    return total
+
+
+def test_every_confirm_once_in_order_through_drops_and_kill9(
+    tmp_path: Path, redis_url: str, procs: list[Proc]
+) -> None:
+    sim = Simulator(tmp_path, "--drop-every-s", "2")
+    procs.append(sim.proc)
+    symbols = sim.symbols()
+    client = redis.Redis.from_url(redis_url)
+    env = ingest_env(redis_url, sim, symbols, STREAMER_AGGREGATOR_WAITER_MODE_ENABLED="true")
+    log_path = tmp_path / "ingest.log"
+    ingest = python_module("ingest", env=env, log_path=log_path)
+    procs.append(ingest)
+    ingest.wait_output("ingest started in klines mode", 20)
+    assert "STREAMER_AGGREGATOR_WAITER_MODE_ENABLED is ignored in klines mode" in ingest.output()
+
+    def written(n: int) -> bool:
+        got = stream_candles(client)
+        return all(len(got.get((s, "1m"), [])) >= n for s in symbols)
+
+    wait_until(lambda: written(2), 30, what="two 1m candles per symbol")
+    ingest.kill9()
+    before_kill = stream_candles(client)
+    # While ingest is dead the simulator closes more candles (a market minute is 3 s here).
+    first_missed = max(int(c[-1]["timestamp"]) for c in before_kill.values()) + 60_000
+    wait_until(
+        lambda: sim.open_start(symbols[0]) > first_missed + 60_000,
+        30,
+        what="the simulator to close candles while ingest is down",
+    )
+    restarted = python_module("ingest", env=env, log_path=log_path)
+    procs.append(restarted)
+    restarted.wait_output("ingest started in klines mode", 20)
+    wait_until(lambda: written(6), 45, what="six 1m candles per symbol")
+    total = assert_complete(sim, client, symbols)
+    assert total >= 4 * 6
+    # The restart knew every series' last candle from Redis: nothing written twice.
+    assert "backfilled" in restarted.output()
+    assert restarted.stop() == 0
+    assert "fault: dropping" in sim.proc.output()
+    # In-progress snapshots went to the updates streams as closed:false candles.
+    updates = [
+        json.loads(fields[b"data"])
+        for shard in range(SHARDS)
+        for _, fields in client.xrange(KEYS.updates(shard), count=50)
+    ]
+    assert updates and all(not u["closed"] and u["source"] == "bybit" for u in updates)
+    assert client.hget(KEYS.meta(), "mode") == b"klines"
+
+
+def test_unknown_symbol_stops_ingest_with_one_line(
+    tmp_path: Path, redis_url: str, procs: list[Proc]
+) -> None:
+    sim = Simulator(tmp_path)
+    procs.append(sim.proc)
+    env = ingest_env(redis_url, sim, ["BTCUSDT", "BTCUSD"])
+    ingest = python_module("ingest", env=env, log_path=tmp_path / "ingest.log")
+    procs.append(ingest)
+    assert ingest.popen.wait(20) == 2
+    errors = [line for line in ingest.output().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert "BTCUSD" in errors[0] and "BTCUSDT" in errors[0]
+
+
+def test_bad_intervals_stop_ingest_naming_them(tmp_path: Path, procs: list[Proc]) -> None:
+    env = {
+        "STREAMER_KLINES_MODE": "true",
+        "STREAMER_KLINE_INTERVALS": "1m,15s,7m,1h",
+        "STREAMER_BYBIT_SYMBOLS": "BTCUSDT",
+        "STREAMER_BYBIT_REST_URL": "http://127.0.0.1:9",
+    }
+    ingest = python_module("ingest", env=env, log_path=tmp_path / "ingest.log")
+    procs.append(ingest)
+    assert ingest.popen.wait(20) == 2
+    assert ingest.output().strip().splitlines() == [
+        "error: STREAMER_KLINE_INTERVALS: 15s, 7m not available in klines mode; "
+        "allowed: 1m 3m 5m 15m 30m 1h 2h 4h 6h 12h 1d 1w 1M"
+    ]

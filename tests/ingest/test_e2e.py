@@ -1,0 +1,97 @@
+"""Ingest as a real process against the simulator: every ledger trade exactly once."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.ingest.e2e_support import (
+    KEYS,
+    Sim,
+    ingest_env,
+    ledger_keys,
+    read_streams,
+    start_ingest,
+    start_simulator,
+)
+from tests.support.procs import Proc
+from tests.support.waiting import wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+
+def _written(redis_url: str) -> int:
+    return sum(len(e.trades) for s in read_streams(redis_url).trades.values() for e in s)
+
+
+def _finish(sim: Sim, ingests: list[Proc], redis_url: str) -> None:
+    """Stop the exchange first, wait until ingest wrote what it sent, then stop ingest."""
+    assert sim.proc.stop() == 0
+    expected = len(sim.trades())
+    try:
+        wait_until(lambda: _written(redis_url) >= expected, 20, f"{expected} trades in the streams")
+    finally:
+        for proc in ingests:
+            assert proc.stop() == 0, proc.output()
+
+
+def _assert_exactly_once(sim: Sim, redis_url: str) -> None:
+    written = read_streams(redis_url).trade_keys()
+    counts = collections.Counter(written)
+    duplicates = [k for k, n in counts.items() if n > 1]
+    assert duplicates == []
+    expected = ledger_keys(sim)
+    assert len(expected) > 1000
+    assert set(written) == set(expected)  # also: each in the shard crc32(symbol) % 3 names
+
+
+def test_every_ledger_trade_once_in_its_shard(tmp_path: Path, redis_url: str) -> None:
+    sim = start_simulator(tmp_path, "--symbols", "200", "--rate", "1500")
+    env = ingest_env(sim, redis_url)
+    ingests = [start_ingest(tmp_path, env, "ingest-a"), start_ingest(tmp_path, env, "ingest-b")]
+    client = redis.Redis.from_url(redis_url)
+    wait_until(lambda: len(sim.trades()) > 4000, 30, "4000 trades sent")
+    _finish(sim, ingests, redis_url)
+    _assert_exactly_once(sim, redis_url)
+    streams = read_streams(redis_url)
+    assert all(len(streams.clocks[k]) > 5 for k in range(3))
+    assert client.hgetall(KEYS.meta()) == {
+        b"shards": b"3",
+        b"intervals": b"1m,5m,1h",
+        b"mode": b"trades",
+        b"category": b"linear",
+    }
+    for entries in streams.trades.values():
+        for entry in entries[:50]:
+            times = [t.time_ms for t in entry.trades]
+            assert times == sorted(times) and entry.received_ms >= times[-1] - 5
+    client.close()
+
+
+def test_connection_drops_lose_only_the_dropped_windows_with_gaps(
+    tmp_path: Path, redis_url: str
+) -> None:
+    sim = start_simulator(tmp_path, "--symbols", "200", "--rate", "1500", "--drop-every-s", "1.5")
+    env = ingest_env(sim, redis_url)
+    ingest = start_ingest(tmp_path, env)
+    wait_until(lambda: len(sim.drops()) >= 3, 40, "three drop windows")
+    wait_until(lambda: len(sim.trades()) > 4000, 30, "4000 trades sent")
+    _finish(sim, [ingest], redis_url)
+    _assert_exactly_once(sim, redis_url)
+    streams = read_streams(redis_url)
+    symbols_of_shard: dict[int, set[str]] = collections.defaultdict(set)
+    for shard, symbol, _ in ledger_keys(sim):
+        symbols_of_shard[shard].add(symbol)
+    for from_ms, to_ms in sim.drops():
+        for shard in range(3):
+            covering = [
+                g
+                for g in streams.gaps[shard]
+                if g.reason == "reconnect" and g.from_ms <= from_ms and g.to_ms >= to_ms
+            ]
+            covered = {s for g in covering for s in g.symbols}
+            assert symbols_of_shard[shard] <= covered, (shard, from_ms, to_ms)
+    assert "connection lost" in ingest.output()
