@@ -16,7 +16,10 @@ the group's acknowledgements: reading resumes where it stopped.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -27,6 +30,7 @@ from common.wire import STREAM_FIELD
 from publish.batch import CandleBatch
 
 _START = b"0-0"
+CLUSTER_POLL_MS = 20
 
 
 class StreamReader(Protocol):
@@ -54,29 +58,64 @@ def _to_batch(reply: Any, shard_of_key: dict[bytes, int]) -> CandleBatch | None:
     return CandleBatch(raws, ids)
 
 
+async def _read_streams(
+    read: Callable[..., Awaitable[Any]],
+    streams: dict[Any, Any],
+    count: int,
+    block_ms: int,
+    cluster: bool,
+) -> Any:
+    """One blocking multi-stream read; on a Redis Cluster, whose shards live in different slots,
+    one non-blocking read per stream and a short pause when none had anything."""
+    if not cluster:
+        return await read(streams, count=count, block=block_ms)
+    reply: list[Any] = []
+    for stream, position in streams.items():
+        reply.extend(await read({stream: position}, count=count))
+    if not reply:
+        await asyncio.sleep(min(block_ms, CLUSTER_POLL_MS) / 1000)
+    return reply
+
+
 class PositionReader:
     def __init__(
-        self, client: aioredis.Redis, keys: Keys, shards: int, consumer: str, replica: str
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        shards: int,
+        consumer: str,
+        replica: str,
+        cluster: bool = False,
     ) -> None:
         self._client = client
+        self._cluster = cluster
         self._streams = [keys.klines(k) for k in range(shards)]
         self._shard_of_key = {s.encode(): k for k, s in enumerate(self._streams)}
         self._pos_keys = [keys.publish_position(f"{consumer}:{replica}", k) for k in range(shards)]
         self._next: dict[Any, Any] = {}
 
     async def start(self) -> None:
-        stored = await self._client.mget(self._pos_keys)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key in self._pos_keys:
+                pipe.get(key)
+            stored = await pipe.execute()
         fresh: dict[Any, Any] = {}
         for shard, (stream, position) in enumerate(zip(self._streams, stored, strict=True)):
             if position is None:
                 last = await self._client.xrevrange(stream, count=1)
                 fresh[self._pos_keys[shard]] = last[0][0] if last else _START
             self._next[stream] = position or fresh[self._pos_keys[shard]]
-        if fresh:
-            await self._client.mset(fresh)
+        await self._save(fresh)
+
+    async def _save(self, positions: dict[Any, Any]) -> None:
+        if positions:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, position in positions.items():
+                    pipe.set(key, position)
+                await pipe.execute()
 
     async def read(self, count: int, block_ms: int) -> CandleBatch | None:
-        reply = await self._client.xread(self._next, count=count, block=block_ms)
+        reply = await _read_streams(self._client.xread, self._next, count, block_ms, self._cluster)
         batch = _to_batch(reply, self._shard_of_key)
         if batch is not None:
             for shard, last in batch.last_ids().items():
@@ -84,9 +123,7 @@ class PositionReader:
         return batch
 
     async def done(self, batch: CandleBatch) -> None:
-        positions = {self._pos_keys[shard]: last for shard, last in batch.last_ids().items()}
-        if positions:
-            await self._client.mset(positions)
+        await self._save({self._pos_keys[shard]: last for shard, last in batch.last_ids().items()})
 
 
 class GroupReader:
@@ -98,8 +135,10 @@ class GroupReader:
         group: str,
         replica: str,
         claim_idle_ms: int,
+        cluster: bool = False,
     ) -> None:
         self._client = client
+        self._cluster = cluster
         self._group = group
         self._replica = replica
         self._claim_idle_ms = claim_idle_ms
@@ -134,13 +173,8 @@ class GroupReader:
                 claimed = await self._claim(count)
                 if claimed is not None:
                     return claimed
-            reply = await self._client.xreadgroup(
-                self._group,
-                self._replica,
-                self._live,
-                count=count,
-                block=block_ms,
-            )
+            read = partial(self._client.xreadgroup, self._group, self._replica)
+            reply = await _read_streams(read, self._live, count, block_ms, self._cluster)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -150,12 +184,14 @@ class GroupReader:
         return self._track(_to_batch(reply, self._shard_of_key))
 
     async def _read_own_pending(self, count: int) -> CandleBatch | None:
-        reply = await self._client.xreadgroup(
-            self._group,
-            self._replica,
-            self._own_pending,
-            count=count,
-        )
+        """Entries delivered to this replica before a restart and never acknowledged."""
+        reply: list[Any] = []
+        for stream, after in self._own_pending.items():
+            reply.extend(
+                await self._client.xreadgroup(
+                    self._group, self._replica, {stream: after}, count=count
+                )
+            )
         batch = _to_batch(reply, self._shard_of_key)
         finished = set(self._own_pending)
         if batch is not None:

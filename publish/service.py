@@ -45,8 +45,10 @@ class PublishService:
             group = s.publish_group
             if consumer.name != "redis":
                 group = f"{group}:{consumer.name}"
-            return GroupReader(client, keys, s.shards, group, replica, s.publish_claim_idle_ms)
-        return PositionReader(client, keys, s.shards, consumer.name, replica)
+            return GroupReader(
+                client, keys, s.shards, group, replica, s.publish_claim_idle_ms, s.redis_cluster
+            )
+        return PositionReader(client, keys, s.shards, consumer.name, replica, s.redis_cluster)
 
     async def _start_consumers(self) -> bool:
         for consumer in self.consumers:

@@ -79,12 +79,16 @@ async def test_failing_and_stalled_consumers_do_not_hold_up_the_others(redis_url
     sync.close()
 
 
-async def test_position_reader_starts_at_the_tail_and_resumes(redis_url: str) -> None:
+# cluster=True: the per-stream reads a Redis Cluster needs, checked here on one plain server.
+@pytest.mark.parametrize("cluster", [False, True])
+async def test_position_reader_starts_at_the_tail_and_resumes(
+    redis_url: str, cluster: bool
+) -> None:
     settings = ws_settings(1, redis_url=redis_url, shards=2)
     client = connect(settings)
     sync = redis.Redis.from_url(redis_url)
     xadd_candles(sync, series(10))  # before the first start: not read
-    reader = PositionReader(client, Keys(PREFIX), 2, "x", "r1")
+    reader = PositionReader(client, Keys(PREFIX), 2, "x", "r1", cluster)
     await reader.start()
     assert await reader.read(100, 10) is None
     fresh = series(20, start_ms=1_786_400_000_000)
@@ -93,7 +97,7 @@ async def test_position_reader_starts_at_the_tail_and_resumes(redis_url: str) ->
     assert batch is not None and len(batch) <= 30
     await reader.done(batch)
     # A new reader (a restart) continues after what was handled, not from the tail.
-    again = PositionReader(client, Keys(PREFIX), 2, "x", "r1")
+    again = PositionReader(client, Keys(PREFIX), 2, "x", "r1", cluster)
     await again.start()
     rest: list[bytes] = []
     while (more := await again.read(100, 10)) is not None:
@@ -103,30 +107,31 @@ async def test_position_reader_starts_at_the_tail_and_resumes(redis_url: str) ->
     sync.close()
 
 
+@pytest.mark.parametrize("cluster", [False, True])
 async def test_group_reader_rereads_own_pending_and_claims_a_dead_replicas(
-    redis_url: str,
+    redis_url: str, cluster: bool
 ) -> None:
     settings = ws_settings(1, redis_url=redis_url, shards=1)
     client = connect(settings)
     sync = redis.Redis.from_url(redis_url)
     keys = Keys(PREFIX)
-    first = GroupReader(client, keys, 1, "g", "r1", claim_idle_ms=100)
+    first = GroupReader(client, keys, 1, "g", "r1", claim_idle_ms=100, cluster=cluster)
     await first.start()
     raws = series(6)
     xadd_candles(sync, raws, shards=1)
     got = await first.read(4, 10)
     assert got is not None and got.raws == raws[:4]
     # r1 "restarts" without acknowledging: it reads its own pending entries first.
-    restarted = GroupReader(client, keys, 1, "g", "r1", claim_idle_ms=60_000)
+    restarted = GroupReader(client, keys, 1, "g", "r1", claim_idle_ms=60_000, cluster=cluster)
     await restarted.start()
     pending = await restarted.read(100, 10)
     assert pending is not None and pending.raws == raws[:4]
     await restarted.done(pending)
     # r2 reads the last two and dies; r3 claims them once idle long enough.
-    r2 = GroupReader(client, keys, 1, "g", "r2", claim_idle_ms=100)
+    r2 = GroupReader(client, keys, 1, "g", "r2", claim_idle_ms=100, cluster=cluster)
     await r2.start()
     assert (await r2.read(100, 10)).raws == raws[4:]  # type: ignore[union-attr]
-    r3 = GroupReader(client, keys, 1, "g", "r3", claim_idle_ms=100)
+    r3 = GroupReader(client, keys, 1, "g", "r3", claim_idle_ms=100, cluster=cluster)
     await r3.start()
     await asyncio.sleep(0.15)  # the idle time is the subject here, not a wait for an event
     claimed = await r3.read(100, 10)
