@@ -1,0 +1,137 @@
+"""The exchange's state: instruments, candles, recent trades, and the messages a step produces.
+
+No sockets here: `step(now_ms, kline_topics)` turns a source's trades into encoded trade
+messages and kline messages, in the order they are to be sent.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from common.wire import Category
+from simulator.frames import Encoded, encode_kline, encode_trades
+from simulator.generator import SimTrade
+from simulator.instruments import Instrument
+from simulator.klines import INTERVALS, INVERSE_TURNOVER_DIGITS, Candle, Digits, SymbolKlines
+from simulator.sources import ReplaySource, Source
+
+RECENT_TRADES = 1000
+
+
+@dataclass
+class KlineMessage:
+    topic: str
+    symbol: str
+    code: str
+    text: str
+    confirms: list[Candle]
+
+
+def _digits(category: Category, inst: Instrument) -> Digits:
+    inverse = category is Category.INVERSE
+    turnover = INVERSE_TURNOVER_DIGITS if inverse else inst.price_digits + inst.size_digits
+    return Digits(inst.price_digits, inst.size_digits, turnover, inverse)
+
+
+class Market:
+    def __init__(
+        self,
+        category: Category,
+        instruments: list[Instrument],
+        source: Source,
+        start_ms: int,
+        kline_push_ms: int = 1000,
+        confirm_delay_ms: int = 100,
+    ) -> None:
+        self.category = category
+        self.instruments = instruments
+        self.index = {inst.symbol: i for i, inst in enumerate(instruments)}
+        self.source = source
+        self.kline_push_ms = kline_push_ms
+        self.confirm_delay_ms = confirm_delay_ms
+        self.now_ms = start_ms
+        seeds = source.seeds if isinstance(source, ReplaySource) else {}
+        self.klines: list[SymbolKlines] = []
+        for inst in instruments:
+            digits = _digits(category, inst)
+            seed = seeds.get(inst.symbol)
+            if seed is not None:
+                self.klines.append(SymbolKlines.seeded(digits, seed[0]))
+            else:
+                self.klines.append(SymbolKlines.start(digits, start_ms, inst.seed_price_units))
+        self.recent: list[deque[SimTrade]] = [deque(maxlen=RECENT_TRADES) for _ in instruments]
+        self._last_push: dict[str, int] = {}
+        self._pending: dict[str, list[Candle]] = {}
+
+    def tradable(self, symbol: str) -> bool:
+        """Subscribable: Trading and PreLaunch symbols (PreLaunch ones just never trade)."""
+        i = self.index.get(symbol)
+        return i is not None and self.instruments[i].status in ("Trading", "PreLaunch")
+
+    def known_topic(self, topic: str) -> bool:
+        kind, _, rest = topic.partition(".")
+        if kind == "publicTrade":
+            return self.tradable(rest)
+        if kind == "kline":
+            code, _, symbol = rest.partition(".")
+            return code in INTERVALS and self.tradable(symbol)
+        return False
+
+    def step(self, now_ms: int, kline_topics: set[str]) -> list[Encoded | KlineMessage]:
+        out: list[Encoded | KlineMessage] = []
+        for checkpoint in self.source.checkpoints(now_ms):
+            tick = self.source.poll(checkpoint)
+            self.now_ms = checkpoint
+            for index, trade in tick.trades:
+                self.klines[index].add_trade(trade.time_ms, trade.price, trade.size)
+                self.recent[index].append(trade)
+            for batch in tick.messages:
+                inst = self.instruments[batch.idx]
+                out.append(encode_trades(self.category, inst, batch.trades, batch.ts_ms))
+            recorded = {f"kline.1.{symbol}" for symbol in tick.kline_pushes}
+            out.extend(self._klines(checkpoint, kline_topics, recorded))
+        return out
+
+    def _klines(self, now_ms: int, topics: set[str], recorded: set[str]) -> list[KlineMessage]:
+        out = []
+        replay = isinstance(self.source, ReplaySource)
+        for topic in topics:
+            _, code, symbol = topic.split(".", 2)
+            sk = self.klines[self.index[symbol]]
+            sk.current(code, now_ms)
+            sk.advance(now_ms)
+            for confirmed_code, candle in sk.take_confirmed():
+                self._pending.setdefault(f"kline.{confirmed_code}.{symbol}", []).append(candle)
+            pending = self._pending.get(topic, [])
+            due = [c for c in pending if now_ms >= c.end_ms + self.confirm_delay_ms]
+            if due:
+                self._pending[topic] = pending[len(due) :]
+            last = self._last_push.get(topic)
+            if replay and code == "1":
+                periodic = topic in recorded
+            else:
+                periodic = last is None or now_ms - last >= self.kline_push_ms
+            if due or periodic:
+                self._last_push[topic] = now_ms
+                out.extend(self._kline_messages(topic, symbol, code, sk, due, now_ms))
+        for topic in list(self._pending):
+            if topic not in topics:
+                del self._pending[topic]
+        return out
+
+    def _kline_messages(
+        self, topic: str, symbol: str, code: str, sk: SymbolKlines, due: list[Candle], now_ms: int
+    ) -> list[KlineMessage]:
+        digits = sk.digits
+        confirms = [digits.as_bybit(c, code, True, now_ms) for c in due]
+        current = digits.as_bybit(sk.series[code], code, False, now_ms)
+        if self.category is Category.SPOT:  # spot sends the confirm and the next candle apart
+            texts = [encode_kline(self.category, topic, [item], now_ms) for item in confirms]
+            messages = [
+                KlineMessage(topic, symbol, code, t, [c]) for t, c in zip(texts, due, strict=True)
+            ]
+            text = encode_kline(self.category, topic, [current], now_ms)
+            return [*messages, KlineMessage(topic, symbol, code, text, [])]
+        text = encode_kline(self.category, topic, [*confirms, current], now_ms)
+        return [KlineMessage(topic, symbol, code, text, due)]
