@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -20,9 +21,10 @@ from common.lifecycle import TaskSet, until_stopped
 from common.metrics import serve_metrics
 from common.redisconn import connect
 from common.settings import PublishSettings
+from common.wire import STREAM_FIELD
 from publish.consumers.base import BaseConsumer
 from publish.reader import GroupReader, PositionReader, StreamReader
-from publish.runner import ConsumerRunner
+from publish.runner import REDIS_DOWN, ConsumerRunner
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,25 @@ class PublishService:
             log.info("consumer %s started", consumer.name)
         return True
 
+    async def _prime(self, client: aioredis.Redis) -> None:
+        """Hand consumers that ask for it the newest candles already in the streams."""
+        keys = Keys(self.settings.redis_prefix)
+        for consumer in self.consumers:
+            if consumer.history_candles <= 0:
+                continue
+            raws: list[bytes] = []
+            try:
+                for shard in range(self.settings.shards):
+                    entries: Any = await client.xrevrange(
+                        keys.klines(shard), count=consumer.history_candles
+                    )
+                    raws.extend(f[STREAM_FIELD] for _, f in reversed(entries) if STREAM_FIELD in f)
+            except REDIS_DOWN as exc:
+                log.warning("%s: no history at start (Redis: %r)", consumer.name, exc)
+                continue
+            consumer.prime(raws)
+            log.info("%s: primed with %d candles", consumer.name, len(raws))
+
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         client = connect(s)
@@ -76,6 +97,7 @@ class PublishService:
             ]
             for runner in runners:
                 await runner.reader.start()
+            await self._prime(client)
             if s.metrics_port:
                 metrics_server = await serve_metrics(s.metrics_host, s.metrics_port, lambda: True)
             consume_tasks = [

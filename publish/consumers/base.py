@@ -24,6 +24,9 @@ class BaseConsumer:
     uses_group: ClassVar[bool] = False
     """True: replicas share the candles through a Redis consumer group (each candle once)."""
 
+    history_candles: ClassVar[int] = 0
+    """At start, `prime()` gets up to this many of the newest candles of each shard."""
+
     def __init__(self, name: str) -> None:
         self.name = name
         self._is_running = False
@@ -50,6 +53,9 @@ class BaseConsumer:
     async def consume_batch(self, batch: CandleBatch) -> None:
         """Handle a batch; the default hands `consume()` the candles as dicts."""
         await self.consume(batch.dicts())
+
+    def prime(self, raws: list[bytes]) -> None:
+        """Candles from before this start (oldest first), to remember, not to deliver."""
 
     async def stop(self) -> None:
         self._is_running = False

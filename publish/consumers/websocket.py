@@ -76,6 +76,8 @@ class _Client:
 
 
 class WebSocketConsumer(BaseConsumer):
+    history_candles = 10_000  # per shard: snapshots right after a restart
+
     def __init__(self, name: str = "websocket") -> None:
         super().__init__(name)
         self._clients: set[_Client] = set()
@@ -267,6 +269,9 @@ class WebSocketConsumer(BaseConsumer):
                 frames = _frames(picked, per_frame)
             for client in clients:
                 self._send(client, frames)
+
+    def prime(self, raws: list[bytes]) -> None:
+        self._remember(raws)
 
     def _remember(self, raws: list[bytes]) -> list[SeriesKey]:
         """The series of each candle; the latest closed candle of each series, for snapshots."""

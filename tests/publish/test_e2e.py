@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
 
 from publish.consumers.console import format_candle
-from tests.publish.helpers import KEY, PREFIX, USER, basic, series, xadd_candles
+from tests.publish.helpers import KEY, PREFIX, USER, basic, candle, series, xadd_candles
 from tests.support.procs import Proc, python_module
 from tests.support.redisproc import RedisProcess, free_port
 from tests.support.waiting import async_wait_until, wait_until
@@ -92,6 +92,10 @@ async def test_candles_reach_all_four_outputs_identically(
     redis_url: str, tmp_path: Path, procs: list[Proc]
 ) -> None:
     port, jsonl = free_port(), tmp_path / "klines.jsonl"
+    # Written before the publisher starts: not delivered (it starts at the tail), but it is the
+    # snapshot of its series.
+    old = candle("OLDUSDT", close="9.99999999999999999999")
+    xadd_candles(redis.Redis.from_url(redis_url), [old])
     proc = python_module(
         "publish", "console", "redis", "websocket", "file",
         env=env(
@@ -128,6 +132,12 @@ async def test_candles_reach_all_four_outputs_identically(
     for symbol in ("SYM0USDT", "SYM3USDT"):
         mine = [r for r in raws if symbol.encode() in r]
         assert [r for r in ws_raws if symbol.encode() in r] == mine
+
+    await ws.send('{"op": "subscribe", "args": ["1m.OLDUSDT"]}')
+    reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert reply == {"op": "subscribe", "success": True, "ret_msg": "subscribed",
+                     "args": ["1m.OLDUSDT"]}  # fmt: skip
+    assert await asyncio.wait_for(ws.recv(decode=False), 10) == b"[" + old + b"]"
 
     await ws.close()
     await subscriber.close()
