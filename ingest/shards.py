@@ -27,14 +27,20 @@ from ingest.writer import Writer, now_ms
 log = logging.getLogger(__name__)
 
 TAIL_ENTRIES = 2000
+MAX_LAG_MS = 5000
 SUBSCRIBE_TIMEOUT_S = 30.0
 
 
 async def read_tail(
     redis: aioredis.Redis, stream: str, count: int = TAIL_ENTRIES
 ) -> tuple[int, dict[str, list[str]]]:
-    """(newest entry time in ms or 0, trade ids per symbol) from the last entries of a stream."""
-    last_ms = 0
+    """(gap start in ms or 0, trade ids per symbol) from the last entries of a stream.
+
+    The start is the newest entry's time (its receive or clock time) minus the exchange-to-ingest
+    delay seen on the newest trades entry: a trade the previous owner received but had not yet
+    written may carry a trade time that much earlier.
+    """
+    last_ms = lag_ms = 0
     ids: dict[str, list[str]] = {}
     try:
         rows = await redis.xrevrange(stream, count=count) or []
@@ -49,10 +55,13 @@ async def read_tail(
         if isinstance(entry, TradesEntry):
             ids.setdefault(entry.symbol, []).extend(t.trade_id for t in entry.trades)
             last_ms = max(last_ms, entry.received_ms)
+            lag_ms = entry.received_ms - entry.trades[0].time_ms if entry.trades else lag_ms
         elif isinstance(entry, ClockEntry):
             last_ms = max(last_ms, entry.time_ms)
         elif isinstance(entry, GapEntry):
             last_ms = max(last_ms, entry.to_ms)
+    if last_ms:
+        last_ms -= min(max(lag_ms, 0), MAX_LAG_MS)
     return last_ms, ids
 
 

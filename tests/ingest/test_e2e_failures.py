@@ -1,0 +1,227 @@
+"""Ingest processes under failure: kill -9 of a replica, bad settings, Redis down, bad frames."""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis
+
+from common.sharding import shard_of
+from tests.ingest.e2e_support import (
+    KEYS,
+    ingest_env,
+    read_streams,
+    start_ingest,
+    start_simulator,
+)
+from tests.support.redisproc import RedisProcess, free_port
+from tests.support.waiting import wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+
+def _lease_owners(client: redis.Redis) -> dict[int, str]:
+    owners = {}
+    for shard in range(3):
+        value = client.get(KEYS.lease("ingest", shard))
+        if value is not None:
+            owners[shard] = value.decode()
+    return owners
+
+
+def _pid_of(token: str) -> int:
+    return int(token.split(":")[2])
+
+
+def test_kill9_survivor_takes_the_shards_and_records_the_gap(
+    tmp_path: Path, redis_url: str
+) -> None:
+    sim = start_simulator(tmp_path, "--symbols", "200", "--rate", "1000")
+    env = ingest_env(sim, redis_url)
+    a = start_ingest(tmp_path, env, "ingest-a")
+    b = start_ingest(tmp_path, env, "ingest-b")
+    client = redis.Redis.from_url(redis_url)
+
+    def both_own() -> bool:
+        pids = {_pid_of(t) for t in _lease_owners(client).values()}
+        return pids == {a.pid, b.pid} and len(_lease_owners(client)) == 3
+
+    wait_until(both_own, 20, "both replicas to own shards")
+    wait_until(lambda: len(sim.trades()) > 1500, 20, "trades flowing")
+    victim_shards = [k for k, t in _lease_owners(client).items() if _pid_of(t) == a.pid]
+    killed_ms = time.time_ns() // 1_000_000
+    a.kill9()
+    started = time.monotonic()
+    wait_until(
+        lambda: (
+            {_pid_of(t) for t in _lease_owners(client).values()} == {b.pid}
+            and len(_lease_owners(client)) == 3
+        ),
+        10,
+        "the survivor to own every shard",
+    )
+    took_s = time.monotonic() - started
+    # lease time (1.5 s) + replica expiry + one claim period; well under twice the lease time
+    assert took_s < 2 * 1.5 + 1.0, took_s
+
+    def gaps_written() -> bool:
+        streams = read_streams(redis_url)
+        return all(any(g.reason == "unowned" for g in streams.gaps[k]) for k in victim_shards)
+
+    wait_until(gaps_written, 15, "unowned gaps in the taken-over shards")
+    sent_before_stop = len(sim.trades())
+    wait_until(lambda: len(sim.trades()) > sent_before_stop + 1000, 20, "more trades")
+    assert sim.proc.stop() == 0
+    expected = len(sim.trades())
+    streams = read_streams(redis_url)
+    windows = {
+        k: [(g.from_ms, g.to_ms) for g in streams.gaps[k] if g.reason == "unowned"]
+        for k in victim_shards
+    }
+    traded = {str(t["symbol"]) for t in sim.trades()}
+    for k, spans in windows.items():
+        # A start-up rebalance (a graceful hand-back) may leave a short window too; the kill
+        # leaves exactly one that covers the moment of the kill.
+        covering = [
+            g
+            for g in streams.gaps[k]
+            if g.reason == "unowned" and g.from_ms <= killed_ms <= g.to_ms
+        ]
+        assert len(covering) == 1, (k, spans, killed_ms)
+        gap = covering[0]
+        assert gap.to_ms - gap.from_ms < 10_000
+        assert {s for s in traded if shard_of(s, 3) == k} <= set(gap.symbols)
+        assert all(shard_of(s, 3) == k for s in gap.symbols)
+
+    def all_outside_gaps_written() -> bool:
+        written = set(read_streams(redis_url).trade_keys())
+        for t in sim.trades():
+            symbol, shard = str(t["symbol"]), shard_of(str(t["symbol"]), 3)
+            in_gap = any(f <= int(t["T"]) <= to for f, to in windows.get(shard, []))
+            if not in_gap and (shard, symbol, str(t["i"])) not in written:
+                return False
+        return True
+
+    wait_until(all_outside_gaps_written, 20, f"the {expected} ledger trades outside the gap")
+    assert b.stop() == 0
+    counts = collections.Counter(read_streams(redis_url).trade_keys())
+    assert [k for k, n in counts.items() if n > 1] == []
+    client.close()
+
+
+def _run(env: dict[str, str], tmp_path: Path, timeout_s: float = 30) -> tuple[int, str, float]:
+    from tests.support.procs import python_module
+
+    started = time.monotonic()
+    proc = python_module("ingest", env=env, log_path=tmp_path / "ingest-run.log")
+    try:
+        code = proc.popen.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.popen.kill()
+        raise AssertionError(f"ingest did not exit:\n{proc.output()}") from None
+    return code, proc.output(), time.monotonic() - started
+
+
+def test_unknown_symbols_stop_the_process_with_one_line(tmp_path: Path) -> None:
+    sim = start_simulator(tmp_path, "--symbol-list", "BTCUSDT,ETHUSDT,SOLUSDT")
+    env = ingest_env(
+        sim,
+        f"redis://127.0.0.1:{free_port()}/0",  # never reached: symbols are checked first
+        STREAMER_BYBIT_LOAD_ALL_SYMBOLS="false",
+        STREAMER_BYBIT_SYMBOLS="BTCUSDT,BTCUSD,NOPEUSDT",
+    )
+    code, output, _ = _run(env, tmp_path)
+    sim.proc.stop()
+    assert code == 2
+    assert output.strip().splitlines() == [
+        "error: STREAMER_BYBIT_SYMBOLS: not trading on linear: "
+        "BTCUSD: unknown (did you mean BTCUSDT?); NOPEUSDT: unknown"
+    ]
+
+
+def test_unreachable_rest_url_is_one_line_and_a_quick_exit(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        "STREAMER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "STREAMER_BYBIT_REST_URL": f"http://127.0.0.1:{port}",
+        "STREAMER_BYBIT_WS_URL": f"ws://127.0.0.1:{port}/v5/public/linear",
+        "STREAMER_BYBIT_SYMBOLS": "BTCUSDT",
+    }
+    code, output, took_s = _run(env, tmp_path)
+    assert code == 1
+    assert took_s < 15
+    lines = output.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        f"error: cannot load Bybit's instruments: GET http://127.0.0.1:{port}/v5/market/"
+        "instruments-info?category=linear&limit=1000: "
+    )
+    assert "refused" in lines[0].lower()
+
+
+def test_wrong_ws_path_is_fatal(tmp_path: Path, redis_url: str) -> None:
+    sim = start_simulator(tmp_path, "--symbols", "5")
+    env = ingest_env(sim, redis_url, STREAMER_BYBIT_WS_URL=sim.ws_url.replace("/v5/", "/v9/"))
+    code, output, _ = _run(env, tmp_path)
+    sim.proc.stop()
+    assert code == 1
+    assert "giving up" in output and "/v9/public/linear" in output
+
+
+def test_unreachable_redis_at_start_waits_and_comes_up_with_it(tmp_path: Path) -> None:
+    sim = start_simulator(tmp_path, "--symbols", "20", "--rate", "500")
+    port = free_port()
+    env = ingest_env(sim, f"redis://127.0.0.1:{port}/0")
+    ingest = start_ingest(tmp_path, env)
+    ingest.wait_output(f"redis at redis://127.0.0.1:{port}/0 unavailable", 20)
+    ingest.wait_output("retrying in", 5)
+    server = RedisProcess(tmp_path / "late-redis", port=port).start()
+    try:
+        url = server.url
+        wait_until(
+            lambda: sum(len(v) for v in read_streams(url).trades.values()) > 50,
+            30,
+            "trades once Redis is up",
+        )
+        assert ingest.stop() == 0
+    finally:
+        sim.proc.stop()
+        server.stop()
+
+
+def _metric(port: int, name: str) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_malformed_frames_are_counted_and_keep_the_connection(
+    tmp_path: Path, redis_url: str
+) -> None:
+    sim = start_simulator(tmp_path, "--symbols", "30", "--rate", "800", "--malformed-rate", "0.2")
+    metrics_port = free_port()
+    env = ingest_env(sim, redis_url, STREAMER_METRICS_PORT=str(metrics_port))
+    ingest = start_ingest(tmp_path, env)
+    wait_until(lambda: len(sim.trades()) > 1500, 30, "trades sent")
+    wait_until(lambda: _metric(metrics_port, "streamer_ingest_malformed_total") >= 20, 20, "bad")
+    health = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/health", timeout=5)
+    assert health.status == 200
+    assert _metric(metrics_port, "streamer_ingest_reconnects_total") == 0
+    assert sim.proc.stop() == 0
+    expected = {(str(t["symbol"]), str(t["i"])) for t in sim.trades()}
+    wait_until(
+        lambda: {(s, i) for _, s, i in read_streams(redis_url).trade_keys()} >= expected,
+        20,
+        "every trade despite the bad frames",
+    )
+    assert ingest.stop() == 0
+    assert "malformed frame" in ingest.output()
+    written = read_streams(redis_url).trade_keys()
+    assert len(written) == len(set(written)) == len(expected)
