@@ -251,6 +251,7 @@ class PublishSettings(CommonSettings):
     publish_replica: str = ""
     publish_claim_idle_ms: int = Field(default=30_000, ge=100, le=86_400_000)
     websocket_compression: bool = False
+    websocket_updates: bool = False
 
     @field_validator("enabled_consumers", "consumer_modules", mode="before")
     @classmethod

@@ -126,6 +126,24 @@ class PositionReader:
         await self._save({self._pos_keys[shard]: last for shard, last in batch.last_ids().items()})
 
 
+class UpdatesReader(PositionReader):
+    """The in-progress candles: always from the live tail, no stored position (they are
+    superseded within seconds, so replaying old ones after a restart helps nobody)."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, shards: int, cluster: bool) -> None:
+        super().__init__(client, keys, shards, "updates", "-", cluster)
+        self._streams = [keys.updates(k) for k in range(shards)]
+        self._shard_of_key = {s.encode(): k for k, s in enumerate(self._streams)}
+
+    async def start(self) -> None:
+        for stream in self._streams:
+            last = await self._client.xrevrange(stream, count=1)
+            self._next[stream] = last[0][0] if last else _START
+
+    async def done(self, batch: CandleBatch) -> None:
+        pass
+
+
 class GroupReader:
     def __init__(
         self,

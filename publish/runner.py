@@ -46,19 +46,23 @@ QUEUED = REGISTRY.gauge(
 
 class ConsumerRunner:
     def __init__(
-        self, consumer: BaseConsumer, reader: StreamReader, batch: int, queue_max: int
+        self,
+        consumer: BaseConsumer,
+        reader: StreamReader,
+        batch: int,
+        queue_max: int,
+        *,
+        updates: bool = False,
     ) -> None:
         self.consumer = consumer
+        self.name = f"{consumer.name}-updates" if updates else consumer.name
+        self._handle_batch = consumer.consume_updates if updates else consumer.consume_batch
         self.reader = reader
         self._batch = batch
         self._queue: asyncio.Queue[CandleBatch | None] = asyncio.Queue(
             maxsize=max(1, queue_max // batch)
         )
         self.caught_up = False
-
-    @property
-    def name(self) -> str:
-        return self.consumer.name
 
     async def read_loop(self, stop: asyncio.Event) -> None:
         """Read until `stop`, then tell the consumer task to finish what is queued."""
@@ -96,7 +100,7 @@ class ConsumerRunner:
         delays = backoff(0.1, 5.0)
         while True:
             try:
-                await self.consumer.consume_batch(batch)
+                await self._handle_batch(batch)
                 break
             except RetryableError as exc:
                 if stop.is_set():

@@ -23,7 +23,7 @@ from common.redisconn import connect
 from common.settings import PublishSettings
 from common.wire import STREAM_FIELD
 from publish.consumers.base import BaseConsumer
-from publish.reader import GroupReader, PositionReader, StreamReader
+from publish.reader import GroupReader, PositionReader, StreamReader, UpdatesReader
 from publish.runner import REDIS_DOWN, ConsumerRunner
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class PublishService:
         self.settings = settings
         self.consumers = consumers
         self.start_error: str | None = None
+        self.ready = asyncio.Event()
         self._started: list[BaseConsumer] = []
 
     def _reader(self, consumer: BaseConsumer, client: aioredis.Redis) -> StreamReader:
@@ -95,6 +96,17 @@ class PublishService:
                 ConsumerRunner(c, self._reader(c, client), s.publish_batch, s.consumer_queue_max)
                 for c in self.consumers
             ]
+            runners.extend(
+                ConsumerRunner(
+                    c,
+                    UpdatesReader(client, Keys(s.redis_prefix), s.shards, s.redis_cluster),
+                    s.publish_batch,
+                    s.consumer_queue_max,
+                    updates=True,
+                )
+                for c in self.consumers
+                if c.wants_updates()
+            )
             for runner in runners:
                 await runner.reader.start()
             await self._prime(client)
@@ -106,6 +118,7 @@ class PublishService:
             ]
             for runner in runners:
                 tasks.spawn(runner.read_loop(stop), f"read-{runner.name}")
+            self.ready.set()
             log.info(
                 "publishing %d shards to %s as replica %s",
                 s.shards,

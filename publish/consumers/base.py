@@ -54,6 +54,13 @@ class BaseConsumer:
         """Handle a batch; the default hands `consume()` the candles as dicts."""
         await self.consume(batch.dicts())
 
+    def wants_updates(self) -> bool:
+        """True: also read the in-progress candles of `<p>:{k}:updates` (`consume_updates`)."""
+        return False
+
+    async def consume_updates(self, batch: CandleBatch) -> None:
+        """Handle in-progress candles (`closed: false`); only called if `wants_updates()`."""
+
     def prime(self, raws: list[bytes]) -> None:
         """Candles from before this start (oldest first), to remember, not to deliver."""
 

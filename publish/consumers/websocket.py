@@ -254,18 +254,39 @@ class WebSocketConsumer(BaseConsumer):
     async def consume_batch(self, batch: CandleBatch) -> None:
         if not self._is_running or not batch.raws:
             return
+        self._fan_out(batch.raws, self._remember(batch.raws))
+
+    def wants_updates(self) -> bool:
+        return self.settings is not None and self.settings.websocket_updates
+
+    async def consume_updates(self, batch: CandleBatch) -> None:
+        """In-progress candles; one whose candle already closed here is late and dropped."""
+        if not self._is_running or not batch.raws:
+            return
+        raws: list[bytes] = []
+        keys: list[SeriesKey] = []
+        for raw in batch.raws:
+            fields = series_decoder.decode(raw)
+            key = fields.key
+            held = self._latest.get(key)
+            if held is None or held[0] < fields.timestamp:
+                raws.append(raw)
+                keys.append(key)
+        self._fan_out(raws, keys)
+
+    def _fan_out(self, raws: list[bytes], keys: list[SeriesKey]) -> None:
+        """Frames built once per distinct subscription, then written to every client."""
         assert self.settings is not None
         per_frame = self.settings.websocket_max_frame_candles
-        keys = self._remember(batch.raws)
         groups: dict[frozenset[Any] | None, list[_Client]] = {}
         for client in self._clients:
             groups.setdefault(client.filter.key, []).append(client)
         for group_key, clients in groups.items():
             if group_key is None:
-                frames = _frames(batch.raws, per_frame)
+                frames = _frames(raws, per_frame)
             else:
                 wants = clients[0].filter.wants
-                picked = [raw for raw, key in zip(batch.raws, keys, strict=True) if wants(key)]
+                picked = [raw for raw, key in zip(raws, keys, strict=True) if wants(key)]
                 frames = _frames(picked, per_frame)
             for client in clients:
                 self._send(client, frames)

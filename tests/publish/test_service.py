@@ -147,3 +147,45 @@ def test_batch_dicts_and_ids() -> None:
     batch = CandleBatch(raws, {0: [b"1-0", b"2-0"], 1: []})
     assert batch.last_ids() == {0: b"2-0"}
     assert batch.dicts()[0]["close"] == 0.00010000000001
+
+
+async def test_websocket_forwards_in_progress_updates_when_enabled(redis_url: str) -> None:
+    from websockets.asyncio.client import connect
+
+    from publish.consumers.manager import ConsumerManager
+    from tests.publish.helpers import basic, candle
+    from tests.support.redisproc import free_port
+
+    port = free_port()
+    settings = ws_settings(port, redis_url=redis_url, shards=2, websocket_updates=True)
+    consumers = ConsumerManager.create(["websocket"], settings)
+    service = PublishService(settings, consumers)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    sync = redis.Redis.from_url(redis_url)
+    await asyncio.wait_for(service.ready.wait(), 10)
+    ws = await connect(f"ws://127.0.0.1:{port}/", additional_headers=basic())
+    keys = Keys(PREFIX)
+
+    def in_progress(close: str) -> bytes:
+        raw = candle("BTCUSDT", close=close)
+        return raw.replace(b'"closed":true', b'"closed":false')
+
+    from common.sharding import shard_of
+
+    shard = shard_of("BTCUSDT", 2)
+    sync.xadd(keys.updates(shard), {"data": in_progress("1.5")})
+    assert await asyncio.wait_for(ws.recv(decode=False), 5) == b"[" + in_progress("1.5") + b"]"
+    closed = candle("BTCUSDT", close="1.6")
+    xadd_candles(sync, [closed])
+    assert await asyncio.wait_for(ws.recv(decode=False), 5) == b"[" + closed + b"]"
+    # A late update of the candle that has closed is dropped; the next candle's goes through.
+    sync.xadd(keys.updates(shard), {"data": in_progress("1.55")})
+    following = candle("BTCUSDT", timestamp=1_786_310_880_000, close="1.7")
+    following = following.replace(b'"closed":true', b'"closed":false')
+    sync.xadd(keys.updates(shard), {"data": following})
+    assert await asyncio.wait_for(ws.recv(decode=False), 5) == b"[" + following + b"]"
+    await ws.close()
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    sync.close()
