@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from typing import Any, TextIO
@@ -74,6 +75,11 @@ class ConsoleConsumer(BaseConsumer):
     async def consume_batch(self, batch: CandleBatch) -> None:
         if not self._is_running or not batch.raws:
             return
+        text = "\n".join(format_candle(raw) for raw in batch.raws) + "\n"
+        # In a thread: a terminal or pipe that is slow to read blocks this consumer only.
+        await asyncio.to_thread(self._write, text)
+
+    def _write(self, text: str) -> None:
         out = self._out or sys.stdout
-        out.write("\n".join(format_candle(raw) for raw in batch.raws) + "\n")
+        out.write(text)
         out.flush()
