@@ -71,7 +71,11 @@ async def test_failing_and_stalled_consumers_do_not_hold_up_the_others(redis_url
         lambda: _true(REGISTRY.counter("publish_consume_errors_total", "").get("failing") >= 1),
         what="errors counted",
     )
-    assert REGISTRY.gauge("publish_consumer_queue_batches", "").get("stalled") >= 1
+    # The stalled consumer's candles wait in its own queue, visible as a metric.
+    await async_wait_until(
+        lambda: _true(REGISTRY.gauge("publish_consumer_queue_batches", "").get("stalled") >= 1),
+        what="the stalled consumer's queue",
+    )
     stalled.release.set()
     stop.set()
     await asyncio.wait_for(task, 10)

@@ -301,7 +301,7 @@ async def test_a_client_that_stops_reading_is_closed_and_never_delays_the_others
             if not any(c.conn.remote_address == stalled.local_address for c in open_clients()):
                 break
         assert len(open_clients()) == 1, "the stalled client was not closed"
-        assert max(delays) < 1.0, delays
+        assert max(delays) < 2.0, delays
         # The healthy client still gets everything, on time.
         await feed(consumer, big[:10])
         assert len(await recv_json(healthy)) == 10  # type: ignore[arg-type]
