@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -36,7 +37,7 @@ ERRORS = REGISTRY.counter(
 )
 LAG = REGISTRY.gauge(
     "publish_consumer_lag_ms",
-    "Age of the newest candle a consumer handled (0 when caught up)",
+    "Age of the oldest candle a consumer has read but not handled yet (0 when caught up)",
     ("consumer",),
 )
 QUEUED = REGISTRY.gauge(
@@ -62,7 +63,23 @@ class ConsumerRunner:
         self._queue: asyncio.Queue[CandleBatch | None] = asyncio.Queue(
             maxsize=max(1, queue_max // batch)
         )
-        self.caught_up = False
+        self._unhandled_ms: deque[int] = deque()  # per queued batch: its oldest entry's time
+
+    def lag_ms(self) -> int:
+        """How old the oldest candle read but not yet handled is (0 when caught up)."""
+        if not self._unhandled_ms:
+            return 0
+        return max(0, int(time.time() * 1000) - self._unhandled_ms[0])
+
+    async def monitor_loop(self, stop: asyncio.Event) -> None:
+        """Publish the lag every second, so a stalled consumer's lag keeps growing in view."""
+        while not stop.is_set():
+            lag_ms = self.lag_ms()
+            LAG.set(lag_ms, self.name)
+            QUEUED.set(self._queue.qsize(), self.name)
+            if lag_ms > LAG_WARNING_MS:
+                limited.warning(f"lag-{self.name}", "%s is %d ms behind", self.name, lag_ms)
+            await _sleep_or_stop(stop, 1.0)
 
     async def read_loop(self, stop: asyncio.Event) -> None:
         """Read until `stop`, then tell the consumer task to finish what is queued."""
@@ -76,11 +93,8 @@ class ConsumerRunner:
                 continue
             delays = backoff(0.1, 5.0)
             if batch is None:
-                self.caught_up = self._queue.empty()
-                if self.caught_up:
-                    LAG.set(0, self.name)
                 continue
-            self.caught_up = False
+            self._unhandled_ms.append(min(id_ms(ids[0]) for ids in batch.ids.values() if ids))
             if self._queue.full():
                 limited.warning(
                     f"full-{self.name}", "%s falls behind: its queue is full", self.name
@@ -94,6 +108,7 @@ class ConsumerRunner:
             QUEUED.set(self._queue.qsize(), self.name)
             if await self._handle(batch, stop):
                 await self._commit(batch, stop)
+            self._unhandled_ms.popleft()
 
     async def _handle(self, batch: CandleBatch, stop: asyncio.Event) -> bool:
         """Hand the batch over; False if it could not be and should be read again later."""
@@ -114,15 +129,7 @@ class ConsumerRunner:
                 limited.warning(f"err-{self.name}", "%s failed a batch: %r", self.name, exc)
                 break
         CANDLES.inc(len(batch), self.name)
-        self._report_lag(batch)
         return True
-
-    def _report_lag(self, batch: CandleBatch) -> None:
-        newest = max((id_ms(last) for last in batch.last_ids().values()), default=0)
-        lag_ms = max(0, int(time.time() * 1000) - newest) if newest else 0
-        LAG.set(lag_ms, self.name)
-        if lag_ms > LAG_WARNING_MS:
-            limited.warning(f"lag-{self.name}", "%s is %d ms behind", self.name, lag_ms)
 
     async def _commit(self, batch: CandleBatch, stop: asyncio.Event) -> None:
         delays = backoff(0.1, 5.0)

@@ -39,6 +39,7 @@ class PublishService:
         self.consumers = consumers
         self.start_error: str | None = None
         self.ready = asyncio.Event()
+        self.runners: list[ConsumerRunner] = []
         self._started: list[BaseConsumer] = []
 
     def _reader(self, consumer: BaseConsumer, client: aioredis.Redis) -> StreamReader:
@@ -107,6 +108,7 @@ class PublishService:
                 for c in self.consumers
                 if c.wants_updates()
             )
+            self.runners = runners
             for runner in runners:
                 await runner.reader.start()
             await self._prime(client)
@@ -118,6 +120,7 @@ class PublishService:
             ]
             for runner in runners:
                 tasks.spawn(runner.read_loop(stop), f"read-{runner.name}")
+                tasks.spawn(runner.monitor_loop(stop), f"monitor-{runner.name}")
             self.ready.set()
             log.info(
                 "publishing %d shards to %s as replica %s",

@@ -76,6 +76,8 @@ async def test_failing_and_stalled_consumers_do_not_hold_up_the_others(redis_url
         lambda: _true(REGISTRY.gauge("publish_consumer_queue_batches", "").get("stalled") >= 1),
         what="the stalled consumer's queue",
     )
+    (stalled_runner,) = [r for r in service.runners if r.name == "stalled"]
+    assert stalled_runner.lag_ms() >= 0 and stalled_runner._unhandled_ms
     stalled.release.set()
     stop.set()
     await asyncio.wait_for(task, 10)
