@@ -9,7 +9,9 @@ the aggregator never sees time pass over the unowned window before it knows abou
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -88,6 +90,9 @@ class IngestShards:
         self.symbols: list[str] = []
         self.owned: set[int] = set()
         self._shard_of: dict[str, int] = {}  # symbols of owned shards only
+        self._orphaned: dict[int, float] = {}  # shard -> monotonic time Redis answered again
+        self.orphan_grace_s = 10.0
+        writer.lease_lost = self.lease_lost
 
     def _symbols_of(self, shard: int) -> list[str]:
         return [s for s in self.symbols if shard_of(s, self._shards) == shard]
@@ -96,6 +101,12 @@ class IngestShards:
 
     async def start_shard(self, shard: int) -> None:
         assert self.pool is not None
+        if self._orphaned.pop(shard, None) is not None:
+            # Kept through a Redis outage and got back: what was buffered goes out in order,
+            # so there is no unowned window to report.
+            self._writer.ready.add(shard)
+            log.info("shard %d: lease back after the Redis outage, buffered trades follow", shard)
+            return
         symbols = self._symbols_of(shard)
         last_ms, ids = await read_tail(self._redis, self._keys.trades(shard))
         for symbol, trade_ids in ids.items():
@@ -124,6 +135,15 @@ class IngestShards:
         log.info("shard %d: serving %d symbols", shard, len(symbols))
 
     async def stop_shard(self, shard: int, *, graceful: bool) -> None:
+        if not graceful and shard in self.owned and not await self._redis_answers():
+            # The lease could not be renewed because Redis is down: while it is down nobody can
+            # take the shard, so go on receiving into the buffer; the fence decides once it is
+            # back (`lease_lost`).
+            self._orphaned[shard] = 0.0
+            self._writer.ready.discard(shard)
+            log.warning("shard %d: Redis down past the lease time; buffering meanwhile", shard)
+            return
+        self._orphaned.pop(shard, None)
         self._writer.ready.discard(shard)
         self.owned.discard(shard)
         symbols = self._symbols_of(shard)
@@ -134,6 +154,32 @@ class IngestShards:
         if graceful:
             await self._writer.drained(self._drain_timeout_s)
         self.dedup.forget(symbols)
+
+    async def _redis_answers(self) -> bool:
+        try:
+            await asyncio.wait_for(self._redis.ping(), 1.0)
+        except (RedisError, OSError, TimeoutError):
+            return False
+        return True
+
+    async def lease_lost(self, shard: int) -> bool:
+        """The fence refused a write: drop it (True) unless the shard is orphaned and free.
+
+        An orphaned shard's lease is free for a moment after Redis comes back, until the
+        claimer takes it again: keep its entries then. Taken by another replica, or not taken
+        back within `orphan_grace_s`: drop them and stop serving the shard.
+        """
+        if shard not in self._orphaned:
+            return True
+        holder = await self._redis.get(self._keys.lease("ingest", shard))
+        now = time.monotonic()
+        since = self._orphaned[shard] or now
+        self._orphaned[shard] = since
+        if holder is None and now - since < self.orphan_grace_s:
+            return False
+        log.warning("shard %d: taken over during the Redis outage; dropping its buffer", shard)
+        self._tasks.spawn(self.stop_shard(shard, graceful=False), name=f"drop-shard-{shard}")
+        return True
 
     # -- symbol list changes -----------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -62,6 +63,10 @@ class _DropWindow:
     to_ms: int = 0
 
 
+async def _always_drop(shard: int) -> bool:
+    return True
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -96,6 +101,8 @@ class Writer:
         self._retention_s = retention_s
         self._clock = clock
         self._script = redis.register_script(WRITE_LUA)
+        self.lease_lost: Callable[[int], Awaitable[bool]] = _always_drop
+        """Asked when a shard's write is refused by the fence: True = drop, False = retry later."""
         self._queue: deque[Item] = deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -178,21 +185,22 @@ class Writer:
             self._idle.set()
             return True
         delays = backoff(base_s=0.05, cap_s=2.0)
-        while True:
+        while batch:
             try:
-                await self._write(batch)
-                break
+                batch = await self._write(batch)
+                if not batch:
+                    break
+                # a shard whose lease is not back yet after a Redis outage: wait, keep the order
             except (RedisError, OSError) as exc:
                 metrics.REDIS_ERRORS.inc()
                 if self.healthy:
                     log.warning("redis write failed, buffering (%d queued): %r", self.queued, exc)
                 self.healthy = False
-                delay = next(delays)
-                if stop is None or stop.is_set():
-                    log.error("redis unavailable while stopping: %d entries lost", len(batch))
-                    return False
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+            if stop is None or stop.is_set():
+                log.error("redis unavailable while stopping: %d entries lost", len(batch))
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), next(delays))
         if not self.healthy:
             log.info("redis writes resumed")
         self.healthy = True
@@ -216,27 +224,42 @@ class Writer:
                 batch.extend(Item(shard, clock) for shard in sorted(self.ready))
         return batch
 
-    async def _write(self, batch: list[Item]) -> None:
-        by_shard: dict[int, list[bytes]] = {}
+    async def _write(self, batch: list[Item]) -> list[Item]:
+        """Write each shard's part of the batch; return the items to try again.
+
+        On a Redis error the items of the shards already written are taken out of `batch`, so a
+        retry never writes an entry twice.
+        """
+        by_shard: dict[int, list[Item]] = {}
         for item in batch:
-            by_shard.setdefault(item.shard, []).append(item.payload)
-        for shard, payloads in by_shard.items():
+            by_shard.setdefault(item.shard, []).append(item)
+        later: list[Item] = []
+        written: set[int] = set()
+        for shard, items in by_shard.items():
             try:
                 await self._script(
                     keys=[self._keys.lease("ingest", shard), self._keys.trades(shard)],
-                    args=[self.token, *payloads],
+                    args=[self.token, *(i.payload for i in items)],
                 )
             except ResponseError as exc:
                 if "LEASELOST" not in str(exc):
                     raise
-                lost = sum(i.trades for i in batch if i.shard == shard)
+                if not await self.lease_lost(shard):
+                    later.extend(items)
+                    continue
+                lost = sum(i.trades for i in items)
                 metrics.DROPPED.inc(lost)
                 self.ready.discard(shard)
                 log.warning("shard %d: lease lost, %d trades not written", shard, lost)
                 continue
-            self.written += len(payloads)
-            metrics.WRITTEN.inc(len(payloads))
-        metrics.MESSAGES.inc(sum(1 for item in batch if item.trades))
+            except (RedisError, OSError):
+                batch[:] = [i for i in batch if i.shard not in written]
+                raise
+            written.add(shard)
+            self.written += len(items)
+            metrics.WRITTEN.inc(len(items))
+            metrics.MESSAGES.inc(sum(1 for item in items if item.trades))
+        return later
 
     def _flush_drop_gaps(self) -> None:
         if not self._drops:

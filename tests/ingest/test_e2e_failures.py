@@ -14,6 +14,7 @@ import redis
 from common.sharding import shard_of
 from tests.ingest.e2e_support import (
     KEYS,
+    Sim,
     ingest_env,
     read_streams,
     start_ingest,
@@ -225,3 +226,44 @@ def test_malformed_frames_are_counted_and_keep_the_connection(
     assert "malformed frame" in ingest.output()
     written = read_streams(redis_url).trade_keys()
     assert len(written) == len(set(written)) == len(expected)
+
+
+def test_redis_down_past_the_lease_time_buffers_and_writes_after(
+    tmp_path: Path, own_redis: RedisProcess
+) -> None:
+    sim = start_simulator(tmp_path, "--symbols", "20", "--rate", "400")
+    env = ingest_env(sim, own_redis.url, STREAMER_LEASE_TTL_MS="1000")
+    ingest = start_ingest(tmp_path, env)
+    url, port = own_redis.url, own_redis.port
+    wait_until(lambda: sum(len(v) for v in read_streams(url).trades.values()) > 100, 20, "trades")
+    own_redis.kill()
+    down_ms = time.time_ns() // 1_000_000
+    wait_until(lambda: ingest.output().count("buffering meanwhile") == 3, 20, "all shards kept")
+    back = RedisProcess(own_redis.workdir, port=port).start()
+    back_ms = time.time_ns() // 1_000_000
+    try:
+        ingest.wait_output("lease back after the Redis outage", 20)
+        wait_until(lambda: len(sim.trades()) > 0 and _sent_after(sim, back_ms + 500), 20, "more")
+        assert sim.proc.stop() == 0
+        during = {
+            (str(t["symbol"]), str(t["i"]))
+            for t in sim.trades()
+            if int(t["sent_ms"]) > down_ms + 100
+        }
+        assert len(during) > 300
+
+        def all_there() -> bool:
+            return {(s, i) for _, s, i in read_streams(url).trade_keys()} >= during
+
+        wait_until(all_there, 20, "the trades received while Redis was down")
+        streams = read_streams(url)
+        assert all(g.reason != "buffer-overflow" for k in range(3) for g in streams.gaps[k])
+        written = streams.trade_keys()
+        assert len(written) == len(set(written))
+        assert ingest.stop() == 0
+    finally:
+        back.stop()
+
+
+def _sent_after(sim: Sim, ms: int) -> bool:
+    return int(sim.trades()[-1]["sent_ms"]) > ms
