@@ -17,6 +17,7 @@ the group's acknowledgements: reading resumes where it stopped.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -28,6 +29,8 @@ from redis.exceptions import ResponseError
 from common.keys import Keys
 from common.wire import STREAM_FIELD
 from publish.batch import CandleBatch
+
+log = logging.getLogger(__name__)
 
 _START = b"0-0"
 CLUSTER_POLL_MS = 20
@@ -77,6 +80,11 @@ async def _read_streams(
     return reply
 
 
+def _id_tuple(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
 class PositionReader:
     def __init__(
         self,
@@ -104,8 +112,20 @@ class PositionReader:
             if position is None:
                 last = await self._client.xrevrange(stream, count=1)
                 fresh[self._pos_keys[shard]] = last[0][0] if last else _START
+            else:
+                await self._check_trimmed(stream, position)
             self._next[stream] = position or fresh[self._pos_keys[shard]]
         await self._save(fresh)
+
+    async def _check_trimmed(self, stream: str, position: bytes) -> None:
+        """Say so when the stream was trimmed past our position while we were away."""
+        first: Any = await self._client.xrange(stream, count=1)
+        if first and _id_tuple(first[0][0]) > _id_tuple(position) and position != _START:
+            log.warning(
+                "%s: candles after %s were trimmed before this consumer read them; "
+                "resuming at %s (raise STREAMER_KLINES_MAXLEN to keep more)",
+                stream, position.decode(), first[0][0].decode(),
+            )  # fmt: skip
 
     async def _save(self, positions: dict[Any, Any]) -> None:
         if positions:

@@ -113,7 +113,9 @@ class PublishService:
                 await runner.reader.start()
             await self._prime(client)
             if s.metrics_port:
-                metrics_server = await serve_metrics(s.metrics_host, s.metrics_port, lambda: True)
+                metrics_server = await serve_metrics(
+                    s.metrics_host, s.metrics_port, self.ready.is_set
+                )
             consume_tasks = [
                 tasks.spawn(runner.consume_loop(stop), f"consume-{runner.name}")
                 for runner in runners

@@ -148,6 +148,8 @@ class WebSocketConsumer(BaseConsumer):
             s.websocket_port,
             " (auth DISABLED)" if s.wss_auth_disabled else "",
         )
+        if s.websocket_url:
+            log.info("clients connect at %s (STREAMER_WEBSOCKET_URL)", s.websocket_url)
 
     async def stop(self) -> None:
         await super().stop()

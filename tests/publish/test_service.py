@@ -195,3 +195,22 @@ async def test_websocket_forwards_in_progress_updates_when_enabled(redis_url: st
     stop.set()
     await asyncio.wait_for(task, 10)
     sync.close()
+
+
+async def test_a_trimmed_gap_is_logged_at_start(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = ws_settings(1, redis_url=redis_url, shards=1)
+    client = connect(settings)
+    sync = redis.Redis.from_url(redis_url)
+    keys = Keys(PREFIX)
+    sync.set(keys.publish_position("x:r1", 0), b"5-0")
+    sync.xadd(keys.klines(0), {"data": series(1)[0]}, id="9-0")
+    reader = PositionReader(client, keys, 1, "x", "r1")
+    await reader.start()
+    assert "t:{0}:klines: candles after 5-0 were trimmed" in caplog.text
+    assert "resuming at 9-0" in caplog.text
+    batch = await reader.read(10, 10)
+    assert batch is not None and batch.ids == {0: [b"9-0"]}
+    await client.aclose()
+    sync.close()
