@@ -79,7 +79,7 @@ class Connection:
         self._on_gap = on_gap
         self.desired: set[str] = set()
         self.subscribed: set[str] = set()
-        self._pending: dict[str, tuple[str, list[str]]] = {}  # req_id -> (op, topics)
+        self._pending: dict[str, tuple[float, list[str]]] = {}  # req_id -> (sent at, topics)
         self._ids = itertools.count(1)
         self._ws: ClientConnection | None = None
         self._last_rx = 0.0
@@ -115,45 +115,71 @@ class Connection:
             for chunk in chunk_requests(topics, self._category):
                 req_id = f"{op[:5]}-{next(self._ids)}"
                 if op == "subscribe":
-                    self._pending[req_id] = (op, chunk)
+                    self._pending[req_id] = (time.monotonic(), chunk)
                     self.settled.clear()
                 await ws.send(request(op, chunk, req_id).decode())
 
     def _on_reply(self, reply: OpReply) -> None:
-        if reply.is_pong:
+        if reply.is_pong or reply.op != "subscribe":
             return
-        entry = self._pending.pop(reply.req_id, None)
-        if entry is None and not reply.req_id and self._pending:
-            # Some servers do not echo req_id: acks come in request order.
-            entry = self._pending.pop(next(iter(self._pending)))
+        req_id = reply.req_id
+        if req_id not in self._pending and not req_id and self._pending:
+            req_id = next(iter(self._pending))  # no req_id echoed: acks come in request order
+        entry = self._pending.get(req_id)
         if entry is None:
             if not reply.success:
-                log.warning("%s: %s refused: %s", self.name, reply.op, reply.ret_msg)
+                log.warning("%s: subscribe refused: %s", self.name, reply.ret_msg)
             return
-        _, topics = entry
+        sent, topics = entry
         if reply.success:
-            self.subscribed.update(
-                symbol_of_topic(t) for t in topics if symbol_of_topic(t) in self.desired
-            )
+            del self._pending[req_id]
+            self._mark_subscribed(topics)
         else:
-            self._refused(topics, reply.ret_msg)
+            left = self._refused(topics, reply.ret_msg)
+            if left:
+                # Bybit sends one error per bad topic, then one ack for the good ones.
+                self._pending[req_id] = (sent, left)
+            else:
+                del self._pending[req_id]
         if not self._pending:
             self._settle()
 
-    def _refused(self, topics: list[str], ret_msg: str) -> None:
+    def _mark_subscribed(self, topics: list[str]) -> None:
+        self.subscribed.update(
+            symbol_of_topic(t) for t in topics if symbol_of_topic(t) in self.desired
+        )
+
+    def _refused(self, topics: list[str], ret_msg: str) -> list[str]:
+        """Log what Bybit refused; return the request's topics still waiting for their ack."""
         match = _REFUSED_TOPIC.search(ret_msg)
         named = match.group(1).rstrip(",") if match else None
-        if named in topics and len(topics) > 1 and self._ws is not None:
-            # Bybit names one refused topic per ack; the others of the request are asked again.
+        if named not in topics:
+            metrics.REFUSED.inc(len(topics))
+            log.warning("%s: Bybit refused %s: %s", self.name, ", ".join(topics), ret_msg)
+            return []
+        if "already subscribed" in ret_msg:
+            self._mark_subscribed([named])
+        else:
             metrics.REFUSED.inc()
             log.warning("%s: Bybit refused %s: %s", self.name, named, ret_msg)
-            rest = [symbol_of_topic(t) for t in topics if t != named]
-            self.desired.discard(symbol_of_topic(named))
-            task = asyncio.ensure_future(self._send_ops(self._ws, "subscribe", rest))
-            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
-            return
-        metrics.REFUSED.inc(len(topics))
-        log.warning("%s: Bybit refused %s: %s", self.name, ", ".join(topics), ret_msg)
+        return [t for t in topics if t != named]
+
+    def _expire_unacked(self, now: float) -> None:
+        """A subscribe never answered (seen from Bybit under load) must not hold back the gap
+        report and the shard's clock forever: after `dead_after_s` it counts as refused."""
+        late = [r for r, (sent, _) in self._pending.items() if now - sent > self._dead_after_s]
+        for req_id in late:
+            _, topics = self._pending.pop(req_id)
+            metrics.REFUSED.inc(len(topics))
+            log.warning(
+                "%s: no answer to subscribe %s within %.0fs: %s",
+                self.name,
+                req_id,
+                self._dead_after_s,
+                ", ".join(topics),
+            )
+        if late and not self._pending:
+            self._settle()
 
     def _settle(self) -> None:
         self._session_ok = True
@@ -266,6 +292,7 @@ class Connection:
             now = time.monotonic()
             if now - self._last_rx > self._dead_after_s:
                 raise DeadConnectionError(f"no data and no pong for {now - self._last_rx:.1f}s")
+            self._expire_unacked(now)
             if now - last_ping >= self._ping_interval_s:
                 last_ping = now
                 await ws.send(request("ping", [], f"ping-{next(self._ids)}").decode())
