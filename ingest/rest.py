@@ -27,12 +27,14 @@ def _get(url: str, timeout_s: float) -> bytes:
         raise RetryableError(f"GET {url}: {reason}") from None
 
 
-def fetch_instruments_sync(rest_url: str, category: Category, timeout_s: float) -> list[Instrument]:
+def fetch_instruments_sync(
+    rest_url: str, category: Category, timeout_s: float, page_limit: int = PAGE_LIMIT
+) -> list[Instrument]:
     """All instruments of the category, following `nextPageCursor` until it is empty."""
     out: list[Instrument] = []
     cursor = ""
     for _ in range(MAX_PAGES):
-        query = {"category": category.value, "limit": str(PAGE_LIMIT)}
+        query = {"category": category.value, "limit": str(page_limit)}
         if cursor:
             query["cursor"] = cursor
         url = f"{rest_url}/v5/market/instruments-info?{urllib.parse.urlencode(query)}"
