@@ -38,6 +38,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=1024, help="trades per message, 1..1024")
     p.add_argument("--replay", type=Path, default=None, help="capture .jsonl or .jsonl.zst")
     p.add_argument("--speed", type=float, default=1.0, help="replay speed factor")
+    p.add_argument("--replay-lead-s", type=float, default=1.0, help="wall time before the first")
     p.add_argument("--ledger", type=Path, default=None)
     p.add_argument("--kline-ledger", type=Path, default=None)
     p.add_argument("--kline-push-ms", type=int, default=1000)
@@ -86,7 +87,8 @@ def build(args: argparse.Namespace) -> Simulator:
     if args.replay is not None:
         capture = load_capture(args.replay, category)
         instruments = instruments_of(capture, category)
-        shift = replay_shift_ms(capture, start_ms)
+        lead_ms = int(args.replay_lead_s * 1000 * args.speed)  # time for clients to subscribe
+        shift = replay_shift_ms(capture, start_ms + lead_ms)
         source = ReplaySource(capture, instruments, shift)
     else:
         names = [s.strip() for s in args.symbol_list.split(",") if s.strip()] or None

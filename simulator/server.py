@@ -90,6 +90,7 @@ class Simulator:
             compression=None,
             ping_interval=None,
             max_size=2**20,
+            close_timeout=1.0,  # a plain HTTP client that keeps its socket must not hold us up
         ) as server:
             self.port = server.sockets[0].getsockname()[1]
             host = self.config.host
@@ -147,6 +148,7 @@ class Simulator:
                 outcome = session.handle(text)
                 if outcome.pinged:
                     client.last_ping_s = time.monotonic()
+                    log.debug("op ping on %s", session.conn_id)
                 for topic in outcome.unsubscribed:
                     self._unsubscribe(client, topic)
                 loop.call_later(self.config.ack_delay_ms / 1000, self._answer, client, outcome)

@@ -40,7 +40,9 @@ class GeneratedSource:
         self.max_catch_up_slots = 10
 
     def checkpoints(self, now_ms: int) -> list[int]:
-        return [now_ms]
+        """The last time through which every slot is generated: a kline snapshot stamped with it
+        holds every trade with T up to its timestamp."""
+        return [now_ms - (now_ms + 1) % self._slot_ms]
 
     def poll(self, now_ms: int) -> Tick:
         messages: list[Batch] = []
