@@ -79,7 +79,7 @@ class ConsumerRunner:
             QUEUED.set(self._queue.qsize(), self.name)
             if lag_ms > LAG_WARNING_MS:
                 limited.warning(f"lag-{self.name}", "%s is %d ms behind", self.name, lag_ms)
-            await _sleep_or_stop(stop, 1.0)
+            await sleep_or_stop(stop, 1.0)
 
     async def read_loop(self, stop: asyncio.Event) -> None:
         """Read until `stop`, then tell the consumer task to finish what is queued."""
@@ -89,7 +89,7 @@ class ConsumerRunner:
                 batch = await self.reader.read(self._batch, BLOCK_MS)
             except REDIS_DOWN as exc:
                 limited.warning(f"read-{self.name}", "%s: Redis unavailable: %r", self.name, exc)
-                await _sleep_or_stop(stop, next(delays))
+                await sleep_or_stop(stop, next(delays))
                 continue
             delays = backoff(0.1, 5.0)
             if batch is None:
@@ -122,7 +122,7 @@ class ConsumerRunner:
                     log.warning("%s: dropping a batch at shutdown: %s", self.name, exc)
                     return False
                 limited.warning(f"retry-{self.name}", "%s: retrying: %s", self.name, exc)
-                await _sleep_or_stop(stop, next(delays))
+                await sleep_or_stop(stop, next(delays))
             except Exception as exc:
                 # A user's consumer that raises loses this batch but never stops the others.
                 ERRORS.inc(1, self.name)
@@ -144,9 +144,9 @@ class ConsumerRunner:
                 limited.warning(
                     f"commit-{self.name}", "%s: cannot save position: %r", self.name, exc
                 )
-                await _sleep_or_stop(stop, next(delays))
+                await sleep_or_stop(stop, next(delays))
 
 
-async def _sleep_or_stop(stop: asyncio.Event, delay_s: float) -> None:
+async def sleep_or_stop(stop: asyncio.Event, delay_s: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), delay_s)

@@ -15,6 +15,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from common.backoff import backoff
 from common.errors import ConfigError
 from common.keys import Keys
 from common.lifecycle import TaskSet, until_stopped
@@ -24,7 +25,7 @@ from common.settings import PublishSettings
 from common.wire import STREAM_FIELD
 from publish.consumers.base import BaseConsumer
 from publish.reader import GroupReader, PositionReader, StreamReader, UpdatesReader
-from publish.runner import REDIS_DOWN, ConsumerRunner
+from publish.runner import REDIS_DOWN, ConsumerRunner, sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,40 @@ class PublishService:
             log.info("consumer %s started", consumer.name)
         return True
 
+    def _runners(self, client: aioredis.Redis) -> list[ConsumerRunner]:
+        s = self.settings
+        runners = [
+            ConsumerRunner(c, self._reader(c, client), s.publish_batch, s.consumer_queue_max)
+            for c in self.consumers
+        ]
+        runners.extend(
+            ConsumerRunner(
+                c,
+                UpdatesReader(client, Keys(s.redis_prefix), s.shards, s.redis_cluster),
+                s.publish_batch,
+                s.consumer_queue_max,
+                updates=True,
+            )
+            for c in self.consumers
+            if c.wants_updates()
+        )
+        return runners
+
+    async def _start_readers(self, stop: asyncio.Event) -> bool:
+        """Find each reader's position; wait (with backoff) for a Redis that is not up yet."""
+        delays = backoff(0.2, 5.0)
+        for runner in self.runners:
+            while True:
+                try:
+                    await runner.reader.start()
+                    break
+                except REDIS_DOWN as exc:
+                    log.warning("Redis unavailable at start, retrying: %r", exc)
+                    if stop.is_set():
+                        return False
+                    await sleep_or_stop(stop, next(delays))
+        return True
+
     async def _prime(self, client: aioredis.Redis) -> None:
         """Hand consumers that ask for it the newest candles already in the streams."""
         keys = Keys(self.settings.redis_prefix)
@@ -93,24 +128,9 @@ class PublishService:
         try:
             if not await self._start_consumers():
                 return
-            runners = [
-                ConsumerRunner(c, self._reader(c, client), s.publish_batch, s.consumer_queue_max)
-                for c in self.consumers
-            ]
-            runners.extend(
-                ConsumerRunner(
-                    c,
-                    UpdatesReader(client, Keys(s.redis_prefix), s.shards, s.redis_cluster),
-                    s.publish_batch,
-                    s.consumer_queue_max,
-                    updates=True,
-                )
-                for c in self.consumers
-                if c.wants_updates()
-            )
-            self.runners = runners
-            for runner in runners:
-                await runner.reader.start()
+            self.runners = runners = self._runners(client)
+            if not await self._start_readers(stop):
+                return
             await self._prime(client)
             if s.metrics_port:
                 metrics_server = await serve_metrics(

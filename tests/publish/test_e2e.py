@@ -213,6 +213,25 @@ async def test_two_redis_replicas_publish_each_candle_once(
     await subscriber.close()
 
 
+def test_publisher_waits_for_a_redis_that_is_not_up_yet(tmp_path: Path, procs: list[Proc]) -> None:
+    port = free_port()
+    proc = python_module(
+        "publish", "console", env=env(f"redis://127.0.0.1:{port}/0", "r1"),
+        log_path=tmp_path / "publish.log",
+    )  # fmt: skip
+    procs.append(proc)
+    proc.wait_output("Redis unavailable at start, retrying")
+    server = RedisProcess(tmp_path / "redis", port=port).start()
+    try:
+        proc.wait_output(READY)
+        raws = series(5)
+        xadd_candles(server.client(), raws)
+        wait_until(lambda: len(console_lines(proc)) == 5, what="candles on the console")
+        assert proc.stop() == 0
+    finally:
+        server.stop()
+
+
 async def test_redis_restart_and_publisher_restart_resume_without_loss_or_duplicates(
     tmp_path: Path, procs: list[Proc]
 ) -> None:
