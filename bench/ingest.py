@@ -183,7 +183,7 @@ def run(smoke: bool) -> list[Row]:
 
     import uvloop
 
-    count, trials = (3_000, 1) if smoke else (100_000, 3)
+    count, trials = (3_000, 1) if smoke else (60_000, 5)
     frames = make_frames(count)
     payloads = _payloads(frames)
     server = _Server()

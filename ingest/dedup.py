@@ -12,20 +12,23 @@ class RecentIds:
     memory with set-speed lookups and no per-id bookkeeping (this runs for every trade).
     """
 
-    __slots__ = ("_old", "_size", "_young")
+    __slots__ = ("old", "size", "young")
 
     def __init__(self, size: int) -> None:
-        self._size = size
-        self._young: set[str] = set()
-        self._old: set[str] = set()
+        self.size = size
+        self.young: set[str] = set()
+        self.old: set[str] = set()
 
     def __contains__(self, trade_id: str) -> bool:
-        return trade_id in self._young or trade_id in self._old
+        return trade_id in self.young or trade_id in self.old
+
+    def rotate(self) -> None:
+        self.old, self.young = self.young, set()
 
     def add_all(self, trade_ids: list[str]) -> None:
-        self._young.update(trade_ids)
-        if len(self._young) >= self._size:
-            self._old, self._young = self._young, set()
+        self.young.update(trade_ids)
+        if len(self.young) >= self.size:
+            self.rotate()
 
     def add(self, trade_id: str) -> bool:
         """Remember the id; False if it was already there."""
@@ -34,11 +37,8 @@ class RecentIds:
         self.add_all([trade_id])
         return True
 
-    def isdisjoint(self, trade_ids: list[str]) -> bool:
-        return self._young.isdisjoint(trade_ids) and self._old.isdisjoint(trade_ids)
-
     def __len__(self) -> int:
-        return len(self._young) + len(self._old)
+        return len(self.young) + len(self.old)
 
 
 class Deduper:
@@ -61,8 +61,18 @@ class Deduper:
         recent = self._ids.get(symbol)
         if recent is None:
             recent = self._recent(symbol)
+        young, old = recent.young, recent.old
+        if len(trades) == 1:  # most messages: one trade, no set building
+            trade_id = trades[0].trade_id
+            if trade_id in young or trade_id in old:
+                self.dropped += 1
+                return []
+            young.add(trade_id)
+            if len(young) >= recent.size:
+                recent.rotate()
+            return trades
         ids = [t.trade_id for t in trades]
-        if recent.isdisjoint(ids):
+        if young.isdisjoint(ids) and old.isdisjoint(ids):
             recent.add_all(ids)
             return trades
         keep = [t for t in trades if recent.add(t.trade_id)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from common.metrics import REGISTRY
 
-TRADES = REGISTRY.counter("ingest_trades_total", "trades received and queued for Redis")
+TRADES = REGISTRY.counter("ingest_trades_total", "trades written to the trade streams")
 MESSAGES = REGISTRY.counter(
     "ingest_messages_total", "publicTrade messages written (one stream entry each)"
 )

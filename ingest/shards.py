@@ -211,7 +211,6 @@ class IngestShards:
             metrics.DUPLICATES.inc(len(message.trades) - len(trades))
             if not trades:
                 return
-        metrics.TRADES.inc(len(trades))
         self._writer.put_trades(shard, message.symbol, trades, message.exchange_ms, received_ms)
 
     def on_gap(self, symbols: list[str], from_ms: int, to_ms: int) -> None:

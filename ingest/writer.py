@@ -126,8 +126,16 @@ class Writer:
     def put_trades(
         self, shard: int, symbol: str, trades: list[Trade], exchange_ms: int, received_ms: int
     ) -> None:
-        payload = encode_trades(symbol, trades, exchange_ms, received_ms)
-        self.put(Item(shard, payload, symbol, len(trades), trades[0].time_ms, trades[-1].time_ms))
+        payload = entry_encoder.encode(TradesEntry(symbol, trades, exchange_ms, received_ms))
+        queue = self._queue
+        queue.append(
+            Item(shard, payload, symbol, len(trades), trades[0].time_ms, trades[-1].time_ms)
+        )
+        if len(queue) > self._buffer_max:
+            self._drop_oldest()
+        self._idle.clear()
+        if not self._wake.is_set():
+            self._wake.set()
 
     def put_gap(
         self, shard: int, symbols: list[str], from_ms: int, to_ms: int, reason: str
@@ -259,6 +267,7 @@ class Writer:
             self.written += len(items)
             metrics.WRITTEN.inc(len(items))
             metrics.MESSAGES.inc(sum(1 for item in items if item.trades))
+            metrics.TRADES.inc(sum(item.trades for item in items))
         return later
 
     def _flush_drop_gaps(self) -> None:
