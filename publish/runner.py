@@ -30,6 +30,7 @@ limited = RateLimitedLog(log)
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 LAG_WARNING_MS = 10_000
 BLOCK_MS = 250
+SHUTDOWN_COMMIT_ATTEMPTS = 10
 
 CANDLES = REGISTRY.counter("publish_candles_total", "Candles handed to a consumer", ("consumer",))
 ERRORS = REGISTRY.counter(
@@ -132,15 +133,23 @@ class ConsumerRunner:
         return True
 
     async def _commit(self, batch: CandleBatch, stop: asyncio.Event) -> None:
+        """Store the position (or acknowledge). After a Redis restart the first attempts may
+        meet stale pooled connections, so even when stopping it tries a few more times: an
+        unsaved position means the batch is handled again after a restart."""
         delays = backoff(0.1, 5.0)
+        attempts_left_at_stop = SHUTDOWN_COMMIT_ATTEMPTS
         while True:
             try:
                 await self.reader.done(batch)
                 return
             except REDIS_DOWN as exc:
                 if stop.is_set():
-                    log.warning("%s: position not saved at shutdown: %r", self.name, exc)
-                    return
+                    attempts_left_at_stop -= 1
+                    if attempts_left_at_stop <= 0:
+                        log.warning("%s: position not saved at shutdown: %r", self.name, exc)
+                        return
+                    await asyncio.sleep(0.1)
+                    continue
                 limited.warning(
                     f"commit-{self.name}", "%s: cannot save position: %r", self.name, exc
                 )
