@@ -13,7 +13,14 @@ from common.wire import Category
 from simulator.frames import Encoded, encode_kline, encode_trades
 from simulator.generator import SimTrade
 from simulator.instruments import Instrument
-from simulator.klines import INTERVALS, INVERSE_TURNOVER_DIGITS, Candle, Digits, SymbolKlines
+from simulator.klines import (
+    INTERVALS,
+    INVERSE_TURNOVER_DIGITS,
+    MINUTE,
+    Candle,
+    Digits,
+    SymbolKlines,
+)
 from simulator.sources import ReplaySource, Source
 
 RECENT_TRADES = 1000
@@ -61,8 +68,11 @@ class Market:
             else:
                 self.klines.append(SymbolKlines.start(digits, start_ms, inst.seed_price_units))
         self.recent: list[deque[SimTrade]] = [deque(maxlen=RECENT_TRADES) for _ in instruments]
-        self._last_push: dict[str, int] = {}
         self._pending: dict[str, list[Candle]] = {}
+        self._topics: dict[str, tuple[str, str, SymbolKlines]] = {}
+        self._pushed: set[str] = set()
+        self._next_periodic_ms = 0
+        self._next_boundary_ms = 0
 
     def tradable(self, symbol: str) -> bool:
         """Subscribable: Trading and PreLaunch symbols (PreLaunch ones just never trade)."""
@@ -94,11 +104,20 @@ class Market:
         return out
 
     def _klines(self, now_ms: int, topics: set[str], recorded: set[str]) -> list[KlineMessage]:
-        out = []
+        """Kline topics are all looked at once per push period and just after each minute
+        boundary (every Bybit interval ends on one); in between only new or recorded ones."""
+        periodic = now_ms >= self._next_periodic_ms
+        boundary = now_ms >= self._next_boundary_ms
+        if periodic:
+            self._next_periodic_ms = now_ms + self.kline_push_ms
+        if boundary:
+            self._next_boundary_ms = MINUTE.floor(now_ms) + MINUTE.ms + self.confirm_delay_ms
+        new = topics - self._pushed if len(topics) != len(self._pushed) or recorded else set()
+        todo = topics if periodic or boundary else (new | recorded) & topics
         replay = isinstance(self.source, ReplaySource)
-        for topic in topics:
-            _, code, symbol = topic.split(".", 2)
-            sk = self.klines[self.index[symbol]]
+        out = []
+        for topic in todo:
+            code, symbol, sk = self._topic(topic)
             sk.current(code, now_ms)
             sk.advance(now_ms)
             for confirmed_code, candle in sk.take_confirmed():
@@ -107,18 +126,21 @@ class Market:
             due = [c for c in pending if now_ms >= c.end_ms + self.confirm_delay_ms]
             if due:
                 self._pending[topic] = pending[len(due) :]
-            last = self._last_push.get(topic)
-            if replay and code == "1":
-                periodic = topic in recorded
-            else:
-                periodic = last is None or now_ms - last >= self.kline_push_ms
-            if due or periodic:
-                self._last_push[topic] = now_ms
+            push = topic in new or (topic in recorded if replay and code == "1" else periodic)
+            if due or push:
                 out.extend(self._kline_messages(topic, symbol, code, sk, due, now_ms))
-        for topic in list(self._pending):
-            if topic not in topics:
+        if periodic or new:
+            self._pushed = set(topics)
+            for topic in [t for t in self._pending if t not in topics]:
                 del self._pending[topic]
         return out
+
+    def _topic(self, topic: str) -> tuple[str, str, SymbolKlines]:
+        info = self._topics.get(topic)
+        if info is None:
+            _, code, symbol = topic.split(".", 2)
+            info = self._topics[topic] = (code, symbol, self.klines[self.index[symbol]])
+        return info
 
     def _kline_messages(
         self, topic: str, symbol: str, code: str, sk: SymbolKlines, due: list[Candle], now_ms: int

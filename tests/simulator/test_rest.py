@@ -142,3 +142,12 @@ def test_recent_trade() -> None:
         len(_get(spot, "/v5/market/recent-trade?category=spot&symbol=BTCUSDT")["result"]["list"])
         <= 60
     )
+
+
+def test_prelaunch_symbols_can_be_subscribed_closed_ones_cannot() -> None:
+    market = _rest(symbols=3, non_trading=2).market
+    assert market.known_topic("publicTrade.PRE1USDT")  # accepted, never trades
+    assert not market.known_topic("publicTrade.OLD2USDT")
+    assert market.known_topic("kline.D.BTCUSDT") and market.known_topic("kline.M.ETHUSDT")
+    assert not market.known_topic("kline.1m.BTCUSDT")
+    assert not market.known_topic("tickers.BTCUSDT")
