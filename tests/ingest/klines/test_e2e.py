@@ -6,14 +6,17 @@ holds every candle from the first one written to the last one the simulator conf
 once, in order, each with the simulator's exact values; through connection drops every 2 s and a
 `kill -9` of ingest followed by a restart (the missed confirms come from REST backfill).
 
-The publish stage's WebSocket server is another engineer's; these tests read the candle streams.
+In the drops-and-kill test the candles are also read by a WebSocket client of
+`python -m publish websocket`, which must see the same candles in the same order per series.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import signal
+import threading
 import urllib.request
 import zlib
 from collections.abc import Iterator
@@ -21,9 +24,12 @@ from pathlib import Path
 
 import pytest
 import redis
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
 
 from common.keys import Keys
 from tests.support.procs import Proc, python_module
+from tests.support.redisproc import free_port
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
@@ -87,6 +93,59 @@ def procs() -> Iterator[list[Proc]]:
         if proc.popen.poll() is None:
             proc.popen.send_signal(signal.SIGKILL)
             proc.popen.wait(10)
+
+
+class WebSocketClient:
+    """A client of the publish stage's WebSocket server, collecting every candle it sends."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"ws://127.0.0.1:{port}/"
+        self.candles: list[dict[str, str]] = []
+        self.connected = threading.Event()
+        self.ws: ClientConnection | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.connected.wait(10), "the WebSocket client could not connect"
+
+    def _run(self) -> None:
+        token = base64.b64encode(b"alice:secret").decode()
+        headers = {"Authorization": f"Basic {token}"}
+        with connect(self.url, additional_headers=headers) as ws:
+            self.ws = ws
+            self.connected.set()
+            try:
+                for message in ws:
+                    self.candles.extend(json.loads(message, parse_float=str, parse_int=str))
+            except ConnectionClosed:
+                pass
+
+    def series(self) -> dict[tuple[str, str], list[dict[str, str]]]:
+        out: dict[tuple[str, str], list[dict[str, str]]] = {}
+        for c in list(self.candles):
+            if c["closed"]:
+                out.setdefault((c["symbol"], c["interval_label"]), []).append(c)
+        return out
+
+    def close(self) -> None:
+        assert self.ws is not None
+        self.ws.close()
+        self.thread.join(5)
+
+
+def start_publish(tmp_path: Path, redis_url: str, procs: list[Proc]) -> int:
+    port = free_port()
+    env = {
+        "STREAMER_REDIS_URL": redis_url,
+        "STREAMER_REDIS_PREFIX": KEYS.prefix,
+        "STREAMER_SHARDS": str(SHARDS),
+        "STREAMER_WSS_AUTH_USER": "alice",
+        "STREAMER_WSS_AUTH_KEY": "secret",
+        "STREAMER_WEBSOCKET_PORT": str(port),
+    }
+    proc = python_module("publish", "websocket", env=env, log_path=tmp_path / "publish.log")
+    procs.append(proc)
+    proc.wait_output(f"publishing {SHARDS} shards to", 20)
+    return port
 
 
 def ingest_env(redis_url: str, sim: Simulator, symbols: list[str], **extra: str) -> dict[str, str]:
@@ -161,6 +220,7 @@ def test_every_confirm_once_in_order_through_drops_and_kill9(
     procs.append(sim.proc)
     symbols = sim.symbols()
     client = redis.Redis.from_url(redis_url)
+    ws_client = WebSocketClient(start_publish(tmp_path, redis_url, procs))
     env = ingest_env(redis_url, sim, symbols, STREAMER_AGGREGATOR_WAITER_MODE_ENABLED="true")
     log_path = tmp_path / "ingest.log"
     ingest = python_module("ingest", env=env, log_path=log_path)
@@ -191,6 +251,15 @@ def test_every_confirm_once_in_order_through_drops_and_kill9(
     wait_until(lambda: written(12), 45, what="twelve 1m candles per symbol")
     total = assert_complete(sim, client, symbols)
     assert total >= 4 * 12
+    # The same candles reach a WebSocket client of the publish stage, in the same order.
+    streams = stream_candles(client)
+    wait_until(
+        lambda: sum(len(v) for v in ws_client.series().values()) >= total,
+        20,
+        what="every candle at the WebSocket client",
+    )
+    assert ws_client.series() == streams
+    ws_client.close()
     assert restarted.stop() == 0
     assert sim.proc.output().count("fault: dropping") >= 3
     # In-progress snapshots went to the updates streams as closed:false candles.
