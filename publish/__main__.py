@@ -1,4 +1,8 @@
-"""`python -m publish [NAME...]`: settings → logging → the publish service."""
+"""usage: python -m publish [NAME...]
+
+Reads the candle streams of every shard and hands each candle to the consumers named (default:
+STREAMER_ENABLED_CONSUMERS). Settings come from STREAMER_* variables and .env; see .env.example.
+"""
 
 from __future__ import annotations
 
