@@ -96,3 +96,11 @@ def test_consumer_modules_import_errors_are_config_errors() -> None:
     ConsumerManager.import_modules(["examples.custom_consumer_example"])
     assert "file" in ConsumerManager.known_names()
     ConsumerManager.unregister_consumer("file")
+
+
+def test_redis_consumer_needs_a_channel() -> None:
+    with pytest.raises(ConfigError) as err:
+        ConsumerManager.create(["redis"], ws_settings(1, redis_channel=" "))
+    assert str(err.value) == (
+        "consumer 'redis': STREAMER_REDIS_CHANNEL is empty; name the pub/sub channel"
+    )

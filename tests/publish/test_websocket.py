@@ -319,3 +319,26 @@ async def test_a_client_that_stops_reading_is_closed_and_never_delays_the_others
 
 def test_user_name_is_used() -> None:
     assert USER == "alice"
+
+
+async def test_a_client_that_answers_no_pings_is_dropped() -> None:
+    consumer = await started(websocket_ping_interval_s=0.2)
+    try:
+        conn = await client(consumer)
+        conn.transport.pause_reading()  # it no longer sees the server's pings, so never answers
+        await async_wait_until(
+            lambda: _true(not consumer._clients), timeout_s=5, what="the silent client dropped"
+        )
+        conn.transport.abort()
+    finally:
+        await consumer.stop()
+
+
+async def test_a_revision_replaces_the_snapshot(server: WebSocketConsumer) -> None:
+    first = candle("BTCUSDT", close="1.0")
+    revised = candle("BTCUSDT", close="1.1", revision=1)
+    await feed(server, [first, revised])
+    conn = await client(server)
+    assert (await op(conn, "subscribe", "1m.BTCUSDT"))["success"] is True
+    assert await recv_json(conn) == [msgspec.json.decode(revised)]
+    await conn.close()
