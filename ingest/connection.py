@@ -88,6 +88,7 @@ class Connection:
         self.settled = asyncio.Event()
         self._session_ok = False
         self._lag_ms = 0
+        self._acks: dict[str, asyncio.Future[None]] = {}
 
     @property
     def connected(self) -> bool:
@@ -101,25 +102,43 @@ class Connection:
         if self._ws is not None and new:
             await self._send_ops(self._ws, "subscribe", new)
 
-    async def remove(self, symbols: list[str]) -> None:
+    async def remove(self, symbols: list[str], ack_timeout_s: float = 5.0) -> None:
+        """Unsubscribe; return once Bybit acked (no trade of them follows) or the timeout."""
         gone = [s for s in symbols if s in self.desired]
         self.desired.difference_update(gone)
-        live = [s for s in gone if s in self.subscribed]
         self.subscribed.difference_update(gone)
-        if self._ws is not None and live:
-            await self._send_ops(self._ws, "unsubscribe", live)
+        if self._ws is None or not gone:
+            return
+        loop = asyncio.get_running_loop()
+        waits = await self._send_ops(self._ws, "unsubscribe", gone, loop)
+        if waits:
+            await asyncio.wait(waits, timeout=ack_timeout_s)
 
-    async def _send_ops(self, ws: ClientConnection, op: str, symbols: list[str]) -> None:
+    async def _send_ops(
+        self,
+        ws: ClientConnection,
+        op: str,
+        symbols: list[str],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> list[asyncio.Future[None]]:
+        """Send `op` in chunks; with `loop`, return a future per request for its ack."""
         topics = [t for s in sorted(symbols) for t in self._topics_of(s)]
+        acks: list[asyncio.Future[None]] = []
         with contextlib.suppress(ConnectionClosed):
             for chunk in chunk_requests(topics, self._category):
                 req_id = f"{op[:5]}-{next(self._ids)}"
                 if op == "subscribe":
                     self._pending[req_id] = (time.monotonic(), chunk)
                     self.settled.clear()
+                if loop is not None:
+                    acks.append(self._acks.setdefault(req_id, loop.create_future()))
                 await ws.send(request(op, chunk, req_id).decode())
+        return acks
 
     def _on_reply(self, reply: OpReply) -> None:
+        ack = self._acks.pop(reply.req_id, None)
+        if ack is not None and not ack.done():
+            ack.set_result(None)
         if reply.is_pong or reply.op != "subscribe":
             return
         req_id = reply.req_id
@@ -214,6 +233,7 @@ class Connection:
             finally:
                 if self._session_ok:  # reset the backoff only after a session that worked
                     delays = backoff(base_s=0.2, cap_s=30.0)
+                    self._session_ok = False
                 self._disconnected()
             metrics.RECONNECTS.inc()
             with contextlib.suppress(TimeoutError):
@@ -230,6 +250,10 @@ class Connection:
         self._ws = None
         self.subscribed.clear()
         self._pending.clear()
+        for ack in self._acks.values():  # nothing more comes on a closed connection
+            if not ack.done():
+                ack.set_result(None)
+        self._acks.clear()
         self.settled.clear()
 
     async def _session(self, ws: ClientConnection, stop: asyncio.Event) -> None:

@@ -80,10 +80,12 @@ class Pool:
 
     async def remove(self, symbols: list[str]) -> None:
         gone = set(symbols)
-        for conn in self.connections:
-            mine = [s for s in conn.desired if s in gone]
-            if mine:
-                await conn.remove(mine)
+        removals = [
+            conn.remove([s for s in conn.desired if s in gone])
+            for conn in self.connections
+            if gone & conn.desired
+        ]
+        await asyncio.gather(*removals)
 
     async def wait_subscribed(self, symbols: list[str], timeout_s: float) -> bool:
         """Wait until every connection holding one of `symbols` has all its acks back."""

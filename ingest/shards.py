@@ -147,9 +147,14 @@ class IngestShards:
         self._writer.ready.discard(shard)
         self.owned.discard(shard)
         symbols = self._symbols_of(shard)
+        if graceful and self.pool is not None:
+            # Handing over: the trades Bybit sends until it acks the unsubscribe are still
+            # ours to write (the lease is held until this returns); the next owner's gap
+            # starts after them.
+            await self.pool.remove(symbols)
         for symbol in symbols:
             self._shard_of.pop(symbol, None)
-        if self.pool is not None:
+        if not graceful and self.pool is not None:
             await self.pool.remove(symbols)
         if graceful:
             await self._writer.drained(self._drain_timeout_s)
