@@ -141,7 +141,7 @@ async def _serve(
         server = await serve_metrics(
             settings.metrics_host,
             settings.metrics_port,
-            lambda: writer.healthy and pool.connected and bool(shards.owned),
+            lambda: writer.healthy and pool.connected,
         )
     log.info(
         "ingest started: %d symbols, %d shards (%s), pool of %d",

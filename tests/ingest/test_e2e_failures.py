@@ -267,3 +267,34 @@ def test_redis_down_past_the_lease_time_buffers_and_writes_after(
 
 def _sent_after(sim: Sim, ms: int) -> bool:
     return int(sim.trades()[-1]["sent_ms"]) > ms
+
+
+def test_a_silent_connection_is_declared_dead_and_replaced(tmp_path: Path, redis_url: str) -> None:
+    import signal
+
+    sim = start_simulator(tmp_path, "--symbols", "20", "--rate", "300")
+    env = ingest_env(
+        sim,
+        redis_url,
+        STREAMER_BYBIT_SOCKET_POOL_SIZE="1",
+        STREAMER_BYBIT_PING_INTERVAL_S="0.3",
+        STREAMER_BYBIT_DEAD_AFTER_S="1",
+    )
+    ingest = start_ingest(tmp_path, env)
+    wait_until(lambda: sum(len(v) for v in read_streams(redis_url).trades.values()) > 50, 20, "x")
+    sim.proc.signal(signal.SIGSTOP)  # the exchange goes silent: no data, no pong, no close
+    try:
+        ingest.wait_output("no data and no pong", 10)
+    finally:
+        sim.proc.signal(signal.SIGCONT)
+    wait_until(
+        lambda: any(
+            g.reason == "reconnect" for k in range(3) for g in read_streams(redis_url).gaps[k]
+        ),
+        20,
+        "a reconnect gap once the exchange answers again",
+    )
+    sent = len(sim.trades())
+    wait_until(lambda: len(sim.trades()) > sent + 100, 20, "trades again")
+    assert sim.proc.stop() == 0
+    assert ingest.stop() == 0

@@ -141,3 +141,18 @@ async def test_read_tail_finds_last_time_and_ids(redis_url: str) -> None:
     assert ids == {"AUSDT": ["id0", "id1"], "BUSDT": ["id7"]}
     assert await read_tail(client, KEYS.trades(3)) == (0, {})
     await client.aclose()
+
+
+async def test_trim_by_age_removes_old_entries(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    stream = KEYS.trades(0)
+    for i in range(1, 501):  # entries from 1970: far older than any retention
+        await client.xadd(stream, {b"data": b"{}"}, id=f"{i}-0")
+    await client.xadd(stream, {b"data": b"{}"})  # now
+    writer = _writer(client, retention_s=60)
+    writer.ready.add(0)
+    await writer._maybe_trim()
+    left = await client.xlen(stream)
+    assert left < 200  # approximate trim: whole nodes go, the new entry stays
+    assert (await client.xrevrange(stream, count=1))[0][0] != b"500-0"
+    await client.aclose()
