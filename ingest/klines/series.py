@@ -46,6 +46,9 @@ SETTLE_MS = 5_000
 and a live confirm still on its way should win over a REST row."""
 MAX_BACKFILL = 1_000
 """At most this many candles per series per hole (one REST page); older ones are a gap."""
+CATCH_UP_BACKOFF_MS = (5_000, 300_000)
+"""After a catch-up that found nothing to write, the series' next one waits base * 2^misses
+(capped), so series REST cannot fill do not cost a REST call every sweep."""
 
 
 Fetch = Callable[[Interval, str, int, int], Awaitable[list[Candle]]]
@@ -68,6 +71,8 @@ class _Series:
     gap_next: bool = False
     busy: bool = False
     events: deque[Event] = field(default_factory=deque)
+    quiet_until_ms: int = 0
+    misses: int = 0
 
     def __str__(self) -> str:
         return f"{self.symbol} {self.interval}"
@@ -104,6 +109,10 @@ class ShardKlines:
     async def load(self) -> None:
         """Read every series' last written candle from Redis (after a restart, or a handover)."""
         self._last_starts = await self._store.last_starts()
+        for series in self._series.values():
+            last = self._last_starts.get(series_field(series.symbol, series.interval.label))
+            if last is not None and (series.last_start is None or last > series.last_start):
+                series.last_start = last
 
     def add_symbols(self, symbols: Iterable[str]) -> None:
         for symbol in symbols:
@@ -140,7 +149,7 @@ class ShardKlines:
         for series in self._series.values():
             if wanted is not None and series.symbol not in wanted:
                 continue
-            if series.last_start is None or series.events:
+            if series.last_start is None or series.events or until_ms < series.quiet_until_ms:
                 continue
             if series.interval.next_open(series.interval.next_open(series.last_start)) > until_ms:
                 continue  # nothing ended since the last written candle
@@ -179,6 +188,8 @@ class ShardKlines:
             log.warning("%s: stop writing: %s", series, exc)
             self.lost = True
         finally:
+            if self.lost:  # another process owns the shard now: what is queued is its work
+                series.events.clear()
             series.busy = False
             self._busy -= 1
             if self._busy == 0:
@@ -205,8 +216,15 @@ class ShardKlines:
         first = series.interval.next_open(series.last_start)
         # Candles ending by `until_ms` start before the open of the candle holding until_ms.
         before = series.interval.floor(until_ms)
-        if first < before:
-            await self._fill(series, first, before, tail=False)
+        if first >= before:
+            return
+        await self._fill(series, first, before, tail=False)
+        if series.last_start < first:
+            series.misses += 1
+            base_ms, cap_ms = CATCH_UP_BACKOFF_MS
+            series.quiet_until_ms = until_ms + min(cap_ms, base_ms * 2**series.misses)
+        else:
+            series.misses, series.quiet_until_ms = 0, 0
 
     async def _fill(self, series: _Series, first: int, before: int, *, tail: bool) -> None:
         """Write the candles from `first` up to (not including) `before`, in order.

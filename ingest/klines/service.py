@@ -16,8 +16,10 @@ import logging
 import time
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
-from common.errors import BadMessageError, RetryableError
+from common.backoff import backoff
+from common.errors import BadMessageError, LeaseLostError, RetryableError
 from common.keys import Keys
 from common.leases import ShardClaimer
 from common.lifecycle import TaskSet, until_stopped
@@ -116,27 +118,39 @@ class KlinesShards:
             settings.kline_intervals,
             keep_updates=settings.kline_updates_ms > 0,
         )
-        await klines.load()  # every series' last written candle, e.g. after kill -9
-        symbols = self._symbols_of(shard)
-        klines.add_symbols(symbols)
         self.shards[shard] = klines
         # A dying series task takes the process down (the TaskSet re-raises it).
         self._watchers[shard] = self._tasks.spawn(
             klines.tasks.wait_failed(), name=f"klines-shard-{shard}"
         )
+        self._tasks.spawn(self._open_shard(shard, klines), name=f"open-shard-{shard}")
+
+    async def _open_shard(self, shard: int, klines: ShardKlines) -> None:
+        """Load every series' last written candle (e.g. after kill -9), then subscribe.
+
+        Off the lease loop, with retries: a Redis hiccup here must not leave an owned shard idle.
+        """
+        assert self.pool is not None
+        delays = backoff(base_s=0.2, cap_s=5.0)
+        while True:
+            try:
+                await klines.load()
+                break
+            except (RedisError, OSError) as exc:
+                log.warning("shard %d: cannot read the last candles yet: %r", shard, exc)
+                await asyncio.sleep(next(delays))
+        if self.shards.get(shard) is not klines:
+            return  # lost or handed back meanwhile
+        symbols = self._symbols_of(shard)
+        klines.add_symbols(symbols)
         for symbol in symbols:
             self._shard_of[symbol] = shard
         await self.pool.add(symbols)
-        self._tasks.spawn(self._open_shard(shard, symbols), name=f"open-shard-{shard}")
-
-    async def _open_shard(self, shard: int, symbols: list[str]) -> None:
-        assert self.pool is not None
         if not await self.pool.wait_subscribed(symbols, SUBSCRIBE_TIMEOUT_S):
             log.warning(
                 "shard %d: subscriptions not acked within %.0fs", shard, SUBSCRIBE_TIMEOUT_S
             )
-        klines = self.shards.get(shard)
-        if klines is not None:
+        if self.shards.get(shard) is klines:
             # Live confirms are flowing now: fill what ended while nobody served this shard.
             klines.catch_up(self.clock.now_ms())
             log.info("shard %d: serving klines of %d symbols", shard, len(symbols))
@@ -214,7 +228,7 @@ class KlinesShards:
                     try:
                         await klines.store.write_updates(batch)
                         metrics.UPDATES.inc(len(batch))
-                    except Exception as exc:  # updates are best effort: never stop for them
+                    except (RedisError, OSError, LeaseLostError) as exc:  # best effort
                         _limited.warning("updates", "writing updates failed: %r", exc)
 
     @property

@@ -22,6 +22,7 @@ from ingest.klines import metrics
 from ingest.klines.service import KlinesShards
 from tests.ingest.klines.test_frames import recorded_kline_frames
 from tests.support.procs import TESTDATA
+from tests.support.waiting import async_wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -71,6 +72,12 @@ async def serving(redis: aioredis.Redis, updates_ms: int = 0) -> KlinesShards:
     shards.token = "ingest:replay"
     await redis.set(KEYS.lease("ingest", 0), shards.token)
     await shards.start_shard(0)
+    pool = shards.pool
+
+    async def subscribed() -> bool:
+        return pool.symbols == set(SYMBOLS)  # type: ignore[union-attr]
+
+    await async_wait_until(subscribed, 5, what="the shard's symbols subscribed")
     return shards
 
 

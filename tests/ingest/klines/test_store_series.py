@@ -238,3 +238,43 @@ async def test_updates_are_throttled_to_the_latest_snapshot(redis: aioredis.Redi
     views = await stream(redis, KEYS.updates(SHARD))
     assert [(str(v.close), v.closed, v.source) for v in views] == [("3", False, "bybit")]
     assert await stream(redis) == []
+
+
+async def test_unproductive_catch_ups_back_off(redis: aioredis.Redis) -> None:
+    rest = FakeRest([])  # REST has nothing for the hole (e.g. before the exchange's history)
+    store = store_of(redis)
+    await store.write_confirmed([candle("BTCUSDT", T0)])
+    klines = ShardKlines(store, rest.fetch, (M1,), settle_ms=0)
+    await klines.load()
+    klines.add_symbols(["BTCUSDT"])
+    now = T0 + 10 * 60_000
+    klines.catch_up(now)
+    await settle(klines)
+    assert len(rest.calls) == 1
+    klines.catch_up(now + 5_000)  # the next sweep: within the backoff, no REST call
+    await settle(klines)
+    assert len(rest.calls) == 1
+    klines.catch_up(now + 10_000)  # 5 s * 2^1 later: tried again
+    await settle(klines)
+    assert len(rest.calls) == 2
+    # A live confirm still fills (and flags) the hole at once.
+    klines.on_candle(candle("BTCUSDT", T0 + 10 * 60_000))
+    await settle(klines)
+    assert len(rest.calls) == 3
+    assert [(v.timestamp, v.gap) for v in await stream(redis)] == [
+        (T0, False),
+        (T0 + 10 * 60_000, True),
+    ]
+
+
+async def test_a_lost_lease_stops_the_shard_quietly(redis: aioredis.Redis) -> None:
+    klines = ShardKlines(store_of(redis, token="stale"), FakeRest([]).fetch, (M1,))
+    await klines.load()
+    klines.add_symbols(["BTCUSDT"])
+    klines.on_candle(candle("BTCUSDT", T0))
+    klines.on_candle(candle("BTCUSDT", T0 + 60_000))
+    await settle(klines)
+    assert klines.lost
+    assert await stream(redis) == []
+    klines.on_candle(candle("BTCUSDT", T0 + 120_000))  # ignored once lost
+    assert klines.pending == 0
