@@ -148,16 +148,17 @@ class Writer:
 
     def _drop_oldest(self) -> None:
         item = self._queue.popleft()
-        window = self._drops.setdefault(item.shard, _DropWindow(from_ms=item.first_ms))
         if item.symbol:
             metrics.DROPPED.inc(item.trades)
-            window.symbols.add(item.symbol)
-            first, last = item.first_ms, item.last_ms
-        else:  # a gap entry: its window joins the one that will replace it
-            gap = entry_decoder.decode(item.payload)
-            assert isinstance(gap, GapEntry)
-            window.symbols.update(gap.symbols)
-            first, last = gap.from_ms, gap.to_ms
+            symbols, first, last = [item.symbol], item.first_ms, item.last_ms
+        else:
+            entry = entry_decoder.decode(item.payload)
+            if not isinstance(entry, GapEntry):
+                return  # a clock entry: a later one says more
+            # a gap entry: its window joins the one that replaces the dropped entries
+            symbols, first, last = entry.symbols, entry.from_ms, entry.to_ms
+        window = self._drops.setdefault(item.shard, _DropWindow(from_ms=first))
+        window.symbols.update(symbols)
         window.from_ms = min(window.from_ms, first)
         window.to_ms = max(window.to_ms, last)
 
@@ -219,18 +220,17 @@ class Writer:
         return True
 
     def _take_batch(self) -> list[Item]:
-        batch: list[Item] = []
         queue = self._queue
-        take = min(len(queue), self._batch_max)
-        for _ in range(take):
-            batch.append(queue.popleft())
-        if self._clock and not queue:
+        if self._clock and self.ready:
             stamp = now_ms()
             if stamp - self._last_clock_ms >= self._clock_interval_ms:
+                # Queued behind everything received so far, so it is written after all of it:
+                # even under a backlog the clock entry means what it says.
                 self._last_clock_ms = stamp
                 clock = entry_encoder.encode(ClockEntry(stamp))
-                batch.extend(Item(shard, clock) for shard in sorted(self.ready))
-        return batch
+                queue.extend(Item(shard, clock) for shard in sorted(self.ready))
+        take = min(len(queue), self._batch_max)
+        return [queue.popleft() for _ in range(take)]
 
     async def _write(self, batch: list[Item]) -> list[Item]:
         """Write each shard's part of the batch; return the items to try again.

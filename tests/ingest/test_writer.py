@@ -156,3 +156,38 @@ async def test_trim_by_age_removes_old_entries(redis_url: str) -> None:
     assert left < 200  # approximate trim: whole nodes go, the new entry stays
     assert (await client.xrevrange(stream, count=1))[0][0] != b"500-0"
     await client.aclose()
+
+
+async def test_clock_entries_keep_coming_under_a_backlog_and_never_run_ahead(
+    redis_url: str,
+) -> None:
+    from ingest.writer import now_ms
+
+    client = aioredis.Redis.from_url(redis_url)
+    await client.set(KEYS.lease("ingest", 0), TOKEN)
+    writer = _writer(client, clock_interval_ms=1, batch_max=50, buffer_max=100_000)
+    writer.ready.add(0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    for i in range(200):  # a producer that is always ahead of the writer
+        for j in range(40):
+            writer.put_trades(0, "AUSDT", _trades(1, i * 40 + j), 0, now_ms())
+        await asyncio.sleep(0)
+    assert await writer.drained(20)
+    stop.set()
+    await task
+    entries = await _entries(client, 0)
+    clocks = [i for i, e in enumerate(entries) if isinstance(e, ClockEntry)]
+    trades_at = [i for i, e in enumerate(entries) if isinstance(e, TradesEntry)]
+    assert len(trades_at) == 8000
+    assert clocks and clocks[0] < trades_at[-1]  # not only once the backlog is gone
+    # "everything received before the clock time is already in the stream": no trades entry
+    # after a clock entry was received before its time
+    clock_ms = 0
+    for entry in entries:
+        if isinstance(entry, ClockEntry):
+            assert entry.time_ms >= clock_ms
+            clock_ms = entry.time_ms
+        elif isinstance(entry, TradesEntry):
+            assert entry.received_ms >= clock_ms
+    await client.aclose()
