@@ -30,6 +30,7 @@ from simulator.protocol import Outcome, Session
 from simulator.rest import Rest
 
 log = logging.getLogger(__name__)
+MAX_BUFFER = 256 * 2**20  # bytes queued for one client before it is dropped
 
 
 @dataclass(frozen=True)
@@ -196,12 +197,20 @@ class Simulator:
                 else:
                     self._send_trades(message, now_ms)
             self._release_held(now_ms)
+            self._drop_slow_consumers()
             self.ledger.flush()
             self.kline_ledger.flush()
             next_s += period_s
             await asyncio.sleep(max(0.0, next_s - time.monotonic()))
             if time.monotonic() - next_s > 1.0:  # far behind: do not try to catch up
                 next_s = time.monotonic()
+
+    def _drop_slow_consumers(self) -> None:
+        """A client that cannot keep up is disconnected (as exchanges do) instead of letting
+        its queued frames grow without bound."""
+        for ws in [ws for ws in self.clients if ws.transport.get_write_buffer_size() > MAX_BUFFER]:
+            log.warning("closing slow consumer %s", self.clients[ws].session.conn_id)
+            self._abort(ws)
 
     def _send_trades(self, message: Encoded, now_ms: int) -> None:
         held = self._held.get(message.topic)
