@@ -33,6 +33,9 @@ from aggregate.state import NEVER, CoreCandle, CoreState, Level, Record, SymbolS
 from common.intervals import Interval
 
 _OPEN = attrgetter("open_ms")
+_KEEP_BUCKETS = (
+    8  # id sets per symbol before expired ones are looked for (keeping more is harmless)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,15 @@ def _merge(lv: Level, src: Level) -> None:
     lv.vol += src.vol
     lv.turn += src.turn
     lv.buy += src.buy
+
+
+def _next_end(levels: list[Level]) -> int:
+    """The earliest end among active levels."""
+    end = NEVER
+    for lv in levels:
+        if lv.active and lv.end_ms < end:
+            end = lv.end_ms
+    return end
 
 
 def _reset(lv: Level) -> None:
@@ -409,7 +421,7 @@ class CandleCore:
         for k, lv in enumerate(sym.levels):
             while lv.active and lv.end_ms <= boundary:
                 self._close(name, sym, k)
-        sym.next_end = min((lv.end_ms for lv in sym.levels if lv.active), default=NEVER)
+        sym.next_end = _next_end(sym.levels)
 
     def _render(
         self, cnt: int, fp: int, lp: int, hi: int, lo: int, prev: int | None
@@ -445,7 +457,8 @@ class CandleCore:
                         lv.vol, lv.turn, lv.buy, lv.partial, gap, 0 if shown else -1, o, h, low, c,
                     )
                 )  # fmt: skip
-                self._prune_records(lv)
+                if lv.records[0].end_ms <= self.state.now_ms - self._window:
+                    self._prune_records(lv)
             lv.prev_close = c
         elif cnt:
             lv.prev_close = lv.lp
@@ -513,7 +526,7 @@ class CandleCore:
 
     def _prune(self, name: str, sym: SymbolState) -> None:
         buckets = self._ids.get(name)
-        if buckets:
+        if buckets and len(buckets) > _KEEP_BUCKETS:
             for open_ms in [o for o in buckets if self._bucket_expired(sym, o)]:
                 del buckets[open_ms]
         if sym.gaps:
