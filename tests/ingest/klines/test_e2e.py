@@ -43,12 +43,14 @@ SPEED = 40
 
 
 class Simulator:
-    def __init__(self, tmp_path: Path, *flags: str) -> None:
+    def __init__(self, tmp_path: Path, *flags: str, category: str = "linear") -> None:
+        self.category = category
         self.ledger = tmp_path / "klines-ledger.jsonl"
         self.proc = python_module(
             "simulator",
             "--port", "0", "--symbols", "4", "--rate", "40", "--seed", "7", "--speed", str(SPEED),
-            "--quiet-fraction", "0", "--kline-ledger", str(self.ledger), *flags,
+            "--quiet-fraction", "0", "--kline-ledger", str(self.ledger), "--category", category,
+            *flags,
             env={}, log_path=tmp_path / "simulator.log",
         )  # fmt: skip
         self.proc.wait_output("simulator ready", 20)
@@ -57,13 +59,13 @@ class Simulator:
         self.ws_url, self.rest_url = match.group(1), match.group(2)
 
     def symbols(self) -> list[str]:
-        url = f"{self.rest_url}/v5/market/instruments-info?category=linear"
+        url = f"{self.rest_url}/v5/market/instruments-info?category={self.category}"
         with urllib.request.urlopen(url, timeout=5) as response:
             return sorted(i["symbol"] for i in json.load(response)["result"]["list"])
 
     def rest_rows(self, symbol: str, code: str, first: int, last: int) -> dict[int, list[str]]:
         url = (
-            f"{self.rest_url}/v5/market/kline?category=linear&symbol={symbol}&interval={code}"
+            f"{self.rest_url}/v5/market/kline?category={self.category}&symbol={symbol}&interval={code}"
             f"&start={first}&end={last}&limit=1000"
         )
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -72,7 +74,10 @@ class Simulator:
 
     def open_start(self, symbol: str) -> int:
         """Start of the symbol's open 1m candle: the market clock (REST lists it newest first)."""
-        url = f"{self.rest_url}/v5/market/kline?category=linear&symbol={symbol}&interval=1&limit=1"
+        url = (
+            f"{self.rest_url}/v5/market/kline?category={self.category}&symbol={symbol}"
+            "&interval=1&limit=1"
+        )
         with urllib.request.urlopen(url, timeout=5) as response:
             return int(json.load(response)["result"]["list"][0][0])
 
@@ -150,6 +155,7 @@ def start_publish(tmp_path: Path, redis_url: str, procs: list[Proc]) -> int:
 
 def ingest_env(redis_url: str, sim: Simulator, symbols: list[str], **extra: str) -> dict[str, str]:
     return {
+        "STREAMER_BYBIT_CATEGORY": sim.category,
         "STREAMER_REDIS_URL": redis_url,
         "STREAMER_REDIS_PREFIX": KEYS.prefix,
         "STREAMER_KLINES_MODE": "true",
@@ -206,6 +212,7 @@ def assert_complete(sim: Simulator, client: redis.Redis, symbols: list[str]) -> 
             if start in ledger:
                 assert values == ledger[start]
             assert (candle["closed"], candle["source"], candle["gap"]) == (True, "bybit", False)
+            assert candle["category"] == sim.category
             assert candle["interval"] == str(step)
         # Every confirm the simulator sent after the first written candle is there.
         assert {s for s in ledger if s >= starts[0]} <= set(starts)
@@ -308,6 +315,26 @@ def test_a_restart_backfills_from_rest(tmp_path: Path, redis_url: str, procs: li
             values = [candle[k] for k in ("open", "high", "low", "close", "volume", "turnover")]
             assert values == rest[int(candle["timestamp"])]
             assert not candle["gap"]
+
+
+def test_spot_sends_confirms_apart_and_they_all_arrive(
+    tmp_path: Path, redis_url: str, procs: list[Proc]
+) -> None:
+    sim = Simulator(tmp_path, category="spot")
+    procs.append(sim.proc)
+    symbols = sim.symbols()
+    client = redis.Redis.from_url(redis_url)
+    env = ingest_env(redis_url, sim, symbols, STREAMER_KLINE_INTERVALS="1m")
+    ingest = python_module("ingest", env=env, log_path=tmp_path / "ingest.log")
+    procs.append(ingest)
+
+    def written() -> bool:
+        got = stream_candles(client)
+        return all(len(got.get((s, "1m"), [])) >= 4 for s in symbols)
+
+    wait_until(written, 30, what="four 1m candles per spot symbol")
+    assert assert_complete(sim, client, symbols) >= 4 * len(symbols)
+    assert ingest.stop() == 0
 
 
 def test_unknown_symbol_stops_ingest_with_one_line(
