@@ -5,8 +5,8 @@
   subscription, so tests know which trades were lost on purpose.
 - delay: a fraction `delay_rate` of trade messages is held back by a delay drawn from `delay`
   (`fixed:MS`, `uniform:MIN:MAX`, `exp:MEAN`); messages of one topic stay in order, so a delay
-  also holds back the messages behind it. `ts` is the delivery time, T stays the trade time:
-  trades reach the client after their candle's boundary.
+  also holds back the messages behind it. `T` and `ts` keep their build times and the ledger's
+  `sent_ms` is the delivery time: trades reach the client after their candle's boundary.
 - malformed: after a fraction `malformed_rate` of trade messages, an extra broken frame (cut
   JSON); no trade is lost by it.
 - subscribe: a fraction of subscribe requests is refused (`Params Error`) or stalled (no
