@@ -1,0 +1,120 @@
+"""`python -m aggregate`: the shard workers, their leases, metrics, and the drain on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import redis.asyncio as aioredis
+
+from aggregate.candles import CoreConfig
+from aggregate.shard import ShardAggregator
+from common.keys import Keys
+from common.leases import ShardClaimer
+from common.lifecycle import TaskSet, until_stopped
+from common.metrics import serve_metrics
+from common.redisconn import connect
+from common.settings import AggregateSettings, KlineEmpty, KlineOpen
+
+log = logging.getLogger(__name__)
+
+
+def core_config(settings: AggregateSettings) -> CoreConfig:
+    waiter = settings.aggregator_waiter_mode_enabled
+    return CoreConfig(
+        intervals=settings.kline_intervals,
+        waiter_latency_ms=settings.aggregator_waiter_latency_ms if waiter else 0,
+        revision_window_ms=int(settings.kline_revision_window_s * 1000),
+        open_at_previous_close=settings.kline_open is KlineOpen.PREVIOUS_CLOSE,
+        emit_empty=settings.kline_empty is KlineEmpty.EMIT,
+        updates_ms=settings.kline_updates_ms,
+    )
+
+
+class AggregateShards:
+    """The `ShardWorkers` of aggregate: one `ShardAggregator` task per owned shard."""
+
+    def __init__(
+        self, redis: aioredis.Redis, keys: Keys, settings: AggregateSettings, tasks: TaskSet
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._settings = settings
+        self._config = core_config(settings)
+        self._tasks = tasks
+        self.token = ""
+        self._running: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
+
+    async def start_shard(self, shard: int) -> None:
+        settings = self._settings
+        worker = ShardAggregator(
+            self._redis,
+            self._keys,
+            shard,
+            self._config,
+            settings.bybit_category.value,
+            self.token,
+            settings.aggregator_batch,
+            settings.klines_maxlen,
+            settings.updates_maxlen,
+        )
+        stop = asyncio.Event()
+        task = self._tasks.spawn(worker.run(stop), name=f"aggregate-shard-{shard}")
+        self._running[shard] = (task, stop)
+
+    async def stop_shard(self, shard: int, *, graceful: bool) -> None:
+        running = self._running.pop(shard, None)
+        if running is None:
+            return
+        task, stop = running
+        stop.set()
+        if graceful:
+            await asyncio.wait({task}, timeout=self._settings.shutdown_timeout_s / 2)
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+
+    @property
+    def healthy(self) -> bool:
+        return all(not task.done() for task, _ in self._running.values())
+
+
+async def run(settings: AggregateSettings, stop: asyncio.Event) -> None:
+    keys = Keys(settings.redis_prefix)
+    redis = connect(settings)
+    redis.response_callbacks.pop("XREAD", None)  # raw replies: see aggregate.shard
+    tasks = TaskSet()
+    shards = AggregateShards(redis, keys, settings, tasks)
+    claimer = ShardClaimer(
+        redis,
+        keys,
+        "aggregate",
+        settings.shards,
+        settings.fixed_shards(),
+        settings.lease_ttl_ms,
+        shards,
+    )
+    shards.token = claimer.token
+    claim_stop = asyncio.Event()
+    claim_task = tasks.spawn(claimer.run(claim_stop), name="claimer")
+    server = None
+    if settings.metrics_port:
+        server = await serve_metrics(
+            settings.metrics_host, settings.metrics_port, lambda: shards.healthy
+        )
+    labels = ",".join(interval.label for interval in settings.kline_intervals)
+    log.info(
+        "aggregate started: intervals %s, %d shards (%s)",
+        labels,
+        settings.shards,
+        settings.shard_ids or "leases",
+    )
+    try:
+        await until_stopped(stop, tasks)
+    finally:
+        claim_stop.set()  # the claimer stops every shard gracefully, then releases the leases
+        await asyncio.wait({claim_task}, timeout=settings.shutdown_timeout_s)
+        await tasks.cancel_all()
+        if server is not None:
+            server.close()
+        await redis.aclose()

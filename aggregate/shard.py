@@ -1,0 +1,293 @@
+"""One shard's loop: XREAD the trade stream, decode, feed the core, write candles + checkpoint.
+
+Reads with plain XREAD (one owner per shard, no consumer group) and takes redis-py's raw reply
+(its XREAD reshaping costs more than the read, reference/limits.md). A step's candles and the
+checkpoint covering them go out in one fenced Lua script (aggregate.checkpoint), so a kill -9 at
+any moment loses nothing and repeats nothing; a process that lost the lease is refused there and
+stops the shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from aggregate import checkpoint
+from aggregate.candles import CandleCore, CoreConfig
+from aggregate.checkpoint import Checkpoint
+from aggregate.output import CandleWriter
+from common.backoff import backoff
+from common.decimals import parse_scaled
+from common.errors import LeaseLostError
+from common.keys import Keys
+from common.logs import RateLimitedLog
+from common.metrics import REGISTRY
+from common.wire import ClockEntry, GapEntry, Side, TradesEntry, entry_decoder
+
+log = logging.getLogger(__name__)
+rate_limited = RateLimitedLog(log)
+
+TRADES_IN = REGISTRY.counter("aggregate_trades_total", "trades read", ("shard",))
+CANDLES_OUT = REGISTRY.counter("aggregate_candles_total", "closed candles written", ("shard",))
+REVISIONS = REGISTRY.counter("aggregate_revisions_total", "candles re-emitted", ("shard",))
+LATE = REGISTRY.counter("aggregate_late_total", "late trades taken in", ("shard",))
+DROPPED = REGISTRY.counter("aggregate_dropped_total", "late trades dropped", ("shard",))
+DUPLICATES = REGISTRY.counter("aggregate_duplicates_total", "repeated trade ids", ("shard",))
+BAD = REGISTRY.counter("aggregate_bad_entries_total", "undecodable stream entries", ("shard",))
+LAG = REGISTRY.gauge("aggregate_stream_lag_ms", "wall clock minus stream time", ("shard",))
+
+STEP_RECORD_MS = 100  # at most one (stream time, id) per this much stream time
+_PRICE_CACHE_MAX = 200_000
+_BUY = Side.BUY
+
+
+def _entries(reply: Any) -> list[Any]:
+    """[[id, [field, value, ...]], ...] from a raw XREAD reply (RESP3 map or RESP2 list)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return list(next(iter(reply.values())))
+    return reply[0][1]  # type: ignore[no-any-return]
+
+
+class ShardAggregator:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        shard: int,
+        config: CoreConfig,
+        category: str,
+        token: str,
+        batch: int,
+        klines_maxlen: int,
+        updates_maxlen: int,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.shard = shard
+        self.config = config
+        self.token = token
+        self.batch = batch
+        self._label = str(shard)
+        self._stream = keys.trades(shard)
+        self._script_keys = [
+            keys.lease("aggregate", shard),
+            keys.klines(shard),
+            keys.updates(shard),
+            keys.state(shard),
+        ]
+        self._maxlens = (klines_maxlen, updates_maxlen)
+        self._writer = CandleWriter(config.intervals, category)
+        self._write = redis.register_script(checkpoint.WRITE_LUA)
+        self._fingerprint = checkpoint.fingerprint(config)
+        self._prices: dict[str, int] = {}
+        self.core = CandleCore(config)
+        self.last_id = self._written_id = "0-0"
+        self.ids_from = "0-0"
+        self.steps: list[tuple[int, str]] = []
+        self._pending: list[Any] = []
+        self._last_write = time.monotonic()
+        self._reported = (0, 0, 0, 0, 0, 0)
+        self.on_written: Any = None  # bench hook: called with (candles, wall ms) after a write
+
+    # ------------------------------------------------------------------ resume
+
+    async def load(self) -> None:
+        """Resume from the checkpoint (or start cold), and rebuild the duplicate filter."""
+        raw = await self.redis.get(self.keys.state(self.shard))
+        self.core = CandleCore(self.config)
+        self.last_id = self.ids_from = "0-0"
+        self.steps = []
+        if raw is None:
+            log.info("shard %d: no checkpoint, cold start from the stream's beginning", self.shard)
+            return
+        saved = checkpoint.decoder.decode(bytes(raw) if isinstance(raw, bytes) else raw.encode())
+        self.last_id = self._written_id = saved.last_id
+        if saved.config != self._fingerprint:
+            log.warning(
+                "shard %d: checkpoint made under other candle rules (%s); cold start after %s",
+                self.shard, saved.config, saved.last_id,
+            )  # fmt: skip
+            self.ids_from = saved.last_id
+            return
+        self.core = CandleCore(self.config, saved.core)
+        self.ids_from = saved.ids_from
+        self.steps = saved.steps
+        await self._rebuild_ids(saved.ids_from, saved.last_id)
+        log.info("shard %d: resumed after %s", self.shard, saved.last_id)
+
+    async def _rebuild_ids(self, after: str, until: str) -> None:
+        start = after
+        while True:
+            rows = await self.redis.xrange(self._stream, min=f"({start}", max=until, count=5000)
+            if not rows:
+                return
+            for _, fields in rows:
+                data = fields.get(b"data") if fields else None
+                if not isinstance(data, bytes):
+                    continue
+                entry = entry_decoder.decode(data)
+                if isinstance(entry, TradesEntry):
+                    self.core.remember_ids(
+                        entry.symbol,
+                        [t.time_ms for t in entry.trades],
+                        [t.trade_id for t in entry.trades],
+                    )
+            last = rows[-1][0]
+            start = last.decode() if isinstance(last, bytes) else str(last)
+
+    # -------------------------------------------------------------------- steps
+
+    async def step(self, block_ms: int | None) -> int:
+        """Read one batch, aggregate it, write what it closed. Returns the entries read."""
+        args: list[Any] = ["XREAD", "COUNT", self.batch]
+        if block_ms is not None:
+            args += ["BLOCK", block_ms]
+        reply = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+            *args, "STREAMS", self._stream, self.last_id
+        )
+        entries = _entries(reply)
+        if entries:
+            self.process(entries)
+            self.last_id = entries[-1][0].decode()
+        if (
+            self._pending
+            or (entries and time.monotonic() - self._last_write > 1.0)
+            or (not entries and self.last_id != self._written_id)
+        ):
+            await self.write()
+        return len(entries)
+
+    def process(self, entries: Sequence[Any]) -> None:
+        core = self.core
+        prices = self._prices
+        if len(prices) > _PRICE_CACHE_MAX:
+            prices.clear()
+        for _, fields in entries:
+            try:
+                entry = entry_decoder.decode(fields[1])
+            except (ValueError, IndexError) as exc:
+                BAD.inc(1, self._label)
+                rate_limited.warning("bad", "shard %d: bad stream entry: %r", self.shard, exc)
+                continue
+            if isinstance(entry, TradesEntry):
+                trades = entry.trades
+                try:
+                    core.trades(
+                        entry.symbol,
+                        [t.time_ms for t in trades],
+                        [prices.get(t.price) or self._price(t.price) for t in trades],
+                        [prices.get(t.size) or self._price(t.size) for t in trades],
+                        [t.side is _BUY for t in trades],
+                        [t.trade_id for t in trades],
+                    )
+                except ValueError as exc:
+                    BAD.inc(1, self._label)
+                    rate_limited.warning("bad", "shard %d: bad trade: %r", self.shard, exc)
+            elif isinstance(entry, ClockEntry):
+                core.clock(entry.time_ms)
+            elif isinstance(entry, GapEntry):
+                core.gap(entry.symbols, entry.from_ms, entry.to_ms)
+        self._pending.extend(core.take())
+
+    def _price(self, text: str) -> int:
+        value = self._prices[text] = parse_scaled(text)
+        return value
+
+    async def write(self) -> None:
+        candles = self._pending
+        closed = [c for c in candles if c.closed]
+        snapshots = [c for c in candles if not c.closed]
+        now_ms = self.core.state.now_ms
+        self._record_step(now_ms)
+        saved = Checkpoint(
+            version=checkpoint.VERSION,
+            config=self._fingerprint,
+            last_id=self.last_id,
+            ids_from=self.ids_from,
+            steps=self.steps,
+            core=self.core.export_state(),
+        )
+        encode = self._writer.encode
+        args: list[Any] = [
+            self.token,
+            self._maxlens[0],
+            self._maxlens[1],
+            checkpoint.encoder.encode(saved),
+            len(closed),
+            *[encode(c) for c in closed],
+            *[encode(c) for c in snapshots],
+        ]
+        try:
+            await self._write(keys=self._script_keys, args=args)
+        except ResponseError as exc:
+            if "LEASELOST" in str(exc):
+                raise LeaseLostError(f"shard {self.shard}: lease lost, write refused") from None
+            raise
+        self._pending = []
+        self._written_id = self.last_id
+        self._last_write = time.monotonic()
+        if self.on_written is not None:
+            self.on_written(closed, time.time() * 1000)
+        self._report(now_ms)
+
+    def _record_step(self, now_ms: int) -> None:
+        """Move `ids_from` on: trades before a step whose stream time is older than anything
+        the duplicate filter keeps cannot matter any more (their T <= that stream time)."""
+        if not self.steps or now_ms - self.steps[-1][0] >= STEP_RECORD_MS:
+            self.steps.append((now_ms, self.last_id))
+        base_ms = self.core.plan[0].fixed_ms
+        horizon = (
+            now_ms - self.config.revision_window_ms - self.config.waiter_latency_ms - 2 * base_ms
+        )
+        keep = 0
+        while keep < len(self.steps) and self.steps[keep][0] < horizon:
+            self.ids_from = self.steps[keep][1]
+            keep += 1
+        del self.steps[:keep]
+
+    def _report(self, now_ms: int) -> None:
+        c = self.core.state.counters
+        now = (c.trades_in, c.candles, c.revisions, c.late, c.dropped, c.duplicates)
+        metrics = (TRADES_IN, CANDLES_OUT, REVISIONS, LATE, DROPPED, DUPLICATES)
+        for metric, value, before in zip(metrics, now, self._reported, strict=True):
+            if value != before:
+                metric.inc(value - before, self._label)
+        self._reported = now
+        if now_ms > 0:
+            LAG.set(time.time() * 1000 - now_ms, self._label)
+
+    # ---------------------------------------------------------------------- run
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop` (then write what is pending) or until the lease is lost."""
+        delays = backoff()
+        loaded = False
+        while not stop.is_set():
+            try:
+                if not loaded:
+                    await self.load()
+                    loaded = True
+                await self.step(block_ms=100)
+                delays = backoff()
+            except LeaseLostError as exc:
+                log.warning("%s; shard %d stopped", exc, self.shard)
+                return
+            except RedisError as exc:
+                # The write may or may not have happened: resume from what Redis holds.
+                rate_limited.warning("redis", "shard %d: redis error %r", self.shard, exc)
+                loaded = False
+                self._pending = []
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), next(delays))
+        if loaded and self._pending:
+            with contextlib.suppress(RedisError, LeaseLostError):
+                await self.write()
