@@ -208,3 +208,16 @@ def test_rest_over_http(sim_factory: Any) -> None:
         assert r.headers["Content-Type"] == "application/json"
         rows = json.load(r)["result"]["list"]
     assert len(rows) >= 1 and len(rows[0]) == 7
+
+
+def test_one_ready_line_and_sigint_stops_cleanly(tmp_path: Any) -> None:
+    import signal
+
+    from tests.simulator.conftest import start_sim
+
+    sim = start_sim(tmp_path, "--symbols", "2", "--rate", "100")
+    sim.proc.signal(signal.SIGINT)
+    assert sim.proc.popen.wait(10) == 0
+    assert sim.proc.stop() == 0
+    ready = [line for line in sim.proc.output().splitlines() if "ready" in line]
+    assert ready == [f"simulator ready {sim.ws_url} {sim.http_url}"]
