@@ -5,7 +5,7 @@ a candle opens at the previous candle's close and its high/low start from that o
 with no trades is flat at the previous close with volume 0; volume = Σ size and turnover =
 Σ size × price exactly (inverse: Σ size / price, see `turnover_units`).
 
-Every symbol keeps its 1-minute candles (the non-empty completed ones, up to a week), because
+Every symbol keeps its 1-minute candles (the last 1000 non-empty completed ones), because
 every Bybit interval is a whole number of minutes aligned to minute boundaries: REST klines of
 any interval are folded from them. Intervals that someone subscribed to ("activated") also keep
 a running candle, updated per trade, so pushing a snapshot costs nothing.
@@ -22,7 +22,7 @@ from common.intervals import Interval
 BYBIT_CODES = ("1", "3", "5", "15", "30", "60", "120", "240", "360", "720", "D", "W", "M")
 INTERVALS: dict[str, Interval] = {code: Interval.from_bybit_code(code) for code in BYBIT_CODES}
 MINUTE = INTERVALS["1"]
-HISTORY_MINUTES = 7 * 1440
+HISTORY_MINUTES = 1000  # REST klines reach back this many traded minutes (~0.35 KB each)
 INVERSE_TURNOVER_DIGITS = 12
 MAX_CONFIRMS_PER_ROLL = 3
 

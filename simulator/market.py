@@ -23,7 +23,8 @@ from simulator.klines import (
 )
 from simulator.sources import ReplaySource, Source
 
-RECENT_TRADES = 1000
+RECENT_TRADES = 1000  # what Bybit's recent-trade returns at most (spot: 60)
+RECENT_TRADES_TOTAL = 500_000  # memory bound: with over 500 symbols each keeps fewer
 
 
 @dataclass
@@ -67,7 +68,8 @@ class Market:
                 self.klines.append(SymbolKlines.seeded(digits, seed[0]))
             else:
                 self.klines.append(SymbolKlines.start(digits, start_ms, inst.seed_price_units))
-        self.recent: list[deque[SimTrade]] = [deque(maxlen=RECENT_TRADES) for _ in instruments]
+        keep = max(60, min(RECENT_TRADES, RECENT_TRADES_TOTAL // max(1, len(instruments))))
+        self.recent: list[deque[SimTrade]] = [deque(maxlen=keep) for _ in instruments]
         self._pending: dict[str, list[Candle]] = {}
         self._topics: dict[str, tuple[str, str, SymbolKlines]] = {}
         self._pushed: set[str] = set()

@@ -8,6 +8,7 @@ message's `ts` is at or after its trades' T).
 from __future__ import annotations
 
 from collections import deque
+from itertools import takewhile
 from typing import NamedTuple, Protocol
 
 from simulator.generator import Batch, Generator, SimTrade
@@ -97,7 +98,7 @@ class ReplaySource:
         return not self._messages and not self._pushes
 
     def checkpoints(self, now_ms: int) -> list[int]:
-        times = sorted({t for t, _ in self._pushes if t <= now_ms})
+        times = sorted({t for t, _ in takewhile(lambda push: push[0] <= now_ms, self._pushes)})
         return [*times, now_ms] if not times or times[-1] != now_ms else times
 
     def poll(self, now_ms: int) -> Tick:
