@@ -154,7 +154,7 @@ class IngestSettings(CommonSettings):
     bybit_symbols_refresh_s: float = Field(default=300.0, ge=0)
     bybit_rest_timeout_s: float = Field(default=10.0, gt=0, le=120)
     trades_retention_s: int = Field(default=3600, ge=10)
-    clock_interval_ms: int = Field(default=5, ge=1, le=10_000)
+    clock_interval_ms: int = Field(default=20, ge=1, le=10_000)
     ingest_buffer_max: int = Field(default=200_000, ge=100)
     ingest_batch_max: int = Field(default=1000, ge=1, le=100_000)
     # Klines mode: ingest writes the candle streams itself (same names as the aggregator's).

@@ -176,10 +176,13 @@ class Writer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Write until `stop`, then flush what is queued (bounded by the caller's timeout)."""
-        interval_s = self._clock_interval_ms / 1000
+        interval = self._clock_interval_ms
         while not stop.is_set():
+            # Wake on the clock's grid (multiples of the interval): with a waiter latency that
+            # the interval divides, a clock entry lands right at each candle's closing time.
+            wait_s = (interval - now_ms() % interval) / 1000
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval_s)
+                await asyncio.wait_for(self._wake.wait(), wait_s)
             self._wake.clear()
             await self.flush_once(stop)
             await self._maybe_trim()
@@ -223,7 +226,7 @@ class Writer:
         queue = self._queue
         if self._clock and self.ready:
             stamp = now_ms()
-            if stamp - self._last_clock_ms >= self._clock_interval_ms:
+            if stamp // self._clock_interval_ms > self._last_clock_ms // self._clock_interval_ms:
                 # Queued behind everything received so far, so it is written after all of it:
                 # even under a backlog the clock entry means what it says.
                 self._last_clock_ms = stamp
