@@ -45,6 +45,10 @@ class Keys:
         """Hash: `shards`, `intervals`, `mode`: what a downstream reader needs to find streams."""
         return f"{self.prefix}:meta"
 
+    def status(self, stage: str) -> str:
+        """Hash: per replica of a stage, a JSON status it refreshes (for `python -m ops status`)."""
+        return f"{self.prefix}:status:{stage}"
+
     def publish_position(self, consumer: str, shard: int) -> str:
         """String: the last candle stream id a (non-group) consumer has handled."""
         return f"{self.prefix}:{{{shard}}}:pos:{consumer}"

@@ -24,6 +24,7 @@ from common.redisconn import connect
 from common.settings import PublishSettings
 from common.wire import STREAM_FIELD
 from publish.consumers.base import BaseConsumer
+from publish.heartbeat import heartbeat_loop
 from publish.reader import GroupReader, PositionReader, StreamReader, UpdatesReader
 from publish.runner import REDIS_DOWN, ConsumerRunner, sleep_or_stop
 
@@ -143,6 +144,10 @@ class PublishService:
             for runner in runners:
                 tasks.spawn(runner.read_loop(stop), f"read-{runner.name}")
                 tasks.spawn(runner.monitor_loop(stop), f"monitor-{runner.name}")
+            tasks.spawn(
+                heartbeat_loop(client, Keys(s.redis_prefix), replica_name(s), runners, stop),
+                "heartbeat",
+            )
             self.ready.set()
             log.info(
                 "publishing %d shards to %s as replica %s",
