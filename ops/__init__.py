@@ -1,0 +1,1 @@
+"""Operating the pipeline: `python -m ops status` and `python -m ops verify`."""
