@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
 
 from common.errors import ConfigError
@@ -22,7 +24,18 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         exit_with_config_error(str(exc))
     setup_logging(settings.log_level, settings.log_format, "aggregate")
+    if settings.klines_mode:
+        return run_service(_idle, settings.shutdown_timeout_s)
     return run_service(lambda stop: service.run(settings, stop), settings.shutdown_timeout_s)
+
+
+async def _idle(stop: asyncio.Event) -> None:
+    """Klines mode: ingest writes Bybit's candles itself; stay up (supervisord, compose) idle."""
+    logging.getLogger("aggregate").warning(
+        "STREAMER_KLINES_MODE=true: ingest writes Bybit's own candles, there is nothing to "
+        "aggregate; idle until stopped"
+    )
+    await stop.wait()
 
 
 if __name__ == "__main__":

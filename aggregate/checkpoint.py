@@ -31,8 +31,9 @@ class Checkpoint(msgspec.Struct, gc=False):
     core: CoreState
 
 
-encoder = msgspec.msgpack.Encoder()
-decoder = msgspec.msgpack.Decoder(Checkpoint)
+# JSON, not msgpack: turnover sums (24 decimal digits, scaled) outgrow msgpack's 64-bit ints.
+encoder = msgspec.json.Encoder()
+decoder = msgspec.json.Decoder(Checkpoint)
 
 
 def fingerprint(config: CoreConfig) -> str:

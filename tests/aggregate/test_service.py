@@ -1,0 +1,215 @@
+"""`python -m aggregate` against a real redis-server: exactly once across kill -9, fencing."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from aggregate import checkpoint
+from aggregate.service import core_config
+from aggregate.shard import ShardAggregator
+from common.errors import LeaseLostError
+from common.keys import Keys
+from common.settings import AggregateSettings
+from common.wire import (
+    STREAM_FIELD,
+    ClockEntry,
+    GapEntry,
+    Side,
+    Trade,
+    TradesEntry,
+    candle_view_decoder,
+    entry_encoder,
+)
+from tests.support.procs import Proc, python_module
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.redis
+
+START_MS = 1_786_310_000_000
+
+
+def prepared_entries(messages: int, seed: int = 7) -> list[bytes]:
+    """A shard's trade stream: in-order messages, clock ticks, re-sent and late trades, a gap."""
+    rng = random.Random(seed)
+    symbols = [f"S{i:02d}USDT" for i in range(20)]
+    prices = {s: rng.randint(1000, 100_000) for s in symbols}
+    t = START_MS
+    out: list[bytes] = []
+    sent: list[TradesEntry] = []
+    serial = 0
+    for n in range(messages):
+        t += rng.randint(0, 12)
+        symbol = rng.choice(symbols)
+        roll = rng.random()
+        if roll < 0.03 and sent:
+            entry = rng.choice(sent[-50:])  # re-sent after a reconnect
+        else:
+            trades = []
+            late = roll < 0.05
+            for _ in range(rng.randint(1, 5)):
+                serial += 1
+                prices[symbol] += rng.randint(-2, 2)
+                trades.append(
+                    Trade(
+                        t - rng.randint(100, 3000) if late else t,
+                        f"{prices[symbol] / 100:.2f}",
+                        f"{rng.randint(1, 9999) / 1000:.3f}",
+                        Side.BUY if rng.random() < 0.5 else Side.SELL,
+                        f"t{serial}",
+                    )
+                )
+            entry = TradesEntry(symbol, sorted(trades, key=lambda tr: tr.time_ms), t, t + 5)
+            sent.append(entry)
+        out.append(entry_encoder.encode(entry))
+        if n % 10 == 0:
+            out.append(entry_encoder.encode(ClockEntry(t + rng.randint(0, 30))))
+        if n == messages // 2:
+            out.append(entry_encoder.encode(GapEntry(symbols[:3], t - 2000, t - 500, "test")))
+    out.append(entry_encoder.encode(ClockEntry(t + 400_000)))
+    return out
+
+
+def fill(client: redis.Redis, stream: str, entries: list[bytes]) -> bytes:
+    last = b""
+    for i in range(0, len(entries), 1000):
+        pipe = client.pipeline(transaction=False)
+        for data in entries[i : i + 1000]:
+            pipe.xadd(stream, {STREAM_FIELD: data})
+        last = pipe.execute()[-1]
+    return last
+
+
+def env(redis_url: str, prefix: str) -> dict[str, str]:
+    return {
+        "STREAMER_REDIS_URL": redis_url,
+        "STREAMER_REDIS_PREFIX": prefix,
+        "STREAMER_SHARDS": "1",
+        "STREAMER_SHARD_IDS": "0",
+        "STREAMER_KLINE_INTERVALS": "1s,1m,5m",
+        "STREAMER_AGGREGATOR_BATCH": "5",
+        "STREAMER_KLINE_REVISION_WINDOW_S": "5",
+    }
+
+
+def checkpoint_id(client: redis.Redis, keys: Keys, proc: Proc | None = None) -> str:
+    if proc is not None and proc.popen.poll() is not None:
+        raise AssertionError(f"aggregate exited {proc.popen.returncode}:\n{proc.output()}")
+    raw = client.get(keys.state(0))
+    return "" if raw is None else checkpoint.decoder.decode(raw).last_id
+
+
+def _id(text: str) -> tuple[int, int]:
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq)
+
+
+def klines(client: redis.Redis, keys: Keys) -> list[bytes]:
+    return [fields[STREAM_FIELD] for _, fields in client.xrange(keys.klines(0))]
+
+
+@pytest.mark.e2e
+def test_kill9_gives_the_same_candles_as_an_uninterrupted_run(
+    redis_url: str, tmp_path: Path
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    entries = prepared_entries(20_000)
+    done: dict[str, str] = {}
+    for prefix in ("calm", "killed"):
+        done[prefix] = fill(client, Keys(prefix).trades(0), entries).decode()
+
+    calm = Keys("calm")
+    proc = python_module("aggregate", env=env(redis_url, "calm"), log_path=tmp_path / "calm.log")
+    wait_until(
+        lambda: checkpoint_id(client, calm, proc) == done["calm"], 60, "the calm run to finish"
+    )
+    proc.wait_output("aggregate started")
+    assert proc.stop() == 0
+    expected = klines(client, calm)
+    assert len(expected) > 1000
+
+    killed = Keys("killed")
+    ids = [entry_id.decode() for entry_id, _ in client.xrange(killed.trades(0))]
+    kills = 0
+    for share in (0.15, 0.4, 0.65, 0.9):
+        proc = python_module(
+            "aggregate", env=env(redis_url, "killed"), log_path=tmp_path / f"killed{kills}.log"
+        )
+        mark = _id(ids[int(share * len(ids))])
+        wait_until(
+            lambda mark=mark: _id(checkpoint_id(client, killed) or "0-0") >= mark,  # type: ignore[misc]
+            60,
+            f"{share:.0%} of the stream",
+        )
+        if checkpoint_id(client, killed) != done["killed"]:
+            proc.kill9()
+            kills += 1
+    proc = python_module("aggregate", env=env(redis_url, "killed"), log_path=tmp_path / "last.log")
+    wait_until(lambda: checkpoint_id(client, killed, proc) == done["killed"], 60, "the resumed run")
+    proc.wait_output("shard 0: resumed after")
+    assert proc.stop() == 0
+    assert kills >= 3
+    got = klines(client, killed)
+    assert got == expected
+    views = [candle_view_decoder.decode(data) for data in got]
+    assert any(v.revision > 0 for v in views)
+    assert any(v.gap for v in views)
+    keys = {(v.symbol, v.interval, v.timestamp, v.revision) for v in views}
+    assert len(keys) == len(views)  # nothing emitted twice
+
+
+def test_stale_owner_is_refused(redis_url: str) -> None:
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
+        client.response_callbacks.pop("XREAD", None)
+        keys = Keys("stale")
+        for data in prepared_entries(300):
+            await client.xadd(keys.trades(0), {STREAM_FIELD: data})
+        settings = AggregateSettings(kline_intervals="1s,1m")  # type: ignore[arg-type]
+        worker = ShardAggregator(
+            client, keys, 0, core_config(settings), "linear", "me", 1000, 1000, 1000
+        )
+        await client.set(keys.lease("aggregate", 0), "me")
+        await worker.load()
+        assert await worker.step(block_ms=None) > 0
+        written = await client.xlen(keys.klines(0))
+        assert written > 0
+        await client.set(keys.lease("aggregate", 0), "somebody-else")
+        await client.xadd(
+            keys.trades(0), {STREAM_FIELD: entry_encoder.encode(ClockEntry(START_MS + 600_000))}
+        )
+        with pytest.raises(LeaseLostError):
+            await worker.step(block_ms=None)
+        assert await client.xlen(keys.klines(0)) == written
+        stop = asyncio.Event()
+        await asyncio.wait_for(worker.run(stop), 10)  # returns: the shard stops by itself
+        assert await client.xlen(keys.klines(0)) == written
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_in_progress_snapshots_go_to_the_updates_stream(redis_url: str, tmp_path: Path) -> None:
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys("live")
+    last = fill(client, keys.trades(0), prepared_entries(2000)).decode()
+    proc: Proc = python_module(
+        "aggregate",
+        env={**env(redis_url, "live"), "STREAMER_KLINE_UPDATES_MS": "500"},
+        log_path=tmp_path / "live.log",
+    )
+    wait_until(lambda: checkpoint_id(client, keys, proc) == last, 30, "the run to finish")
+    proc.wait_output("aggregate started")
+    assert proc.stop() == 0
+    updates = [
+        candle_view_decoder.decode(fields[STREAM_FIELD])
+        for _, fields in client.xrange(keys.updates(0))
+    ]
+    assert updates
+    assert all(not u.closed and u.revision == 0 for u in updates)
+    assert all(v.closed for v in map(candle_view_decoder.decode, klines(client, keys)))
