@@ -22,14 +22,14 @@ from redis.exceptions import RedisError, ResponseError
 from aggregate import checkpoint
 from aggregate.candles import CandleCore, CoreConfig
 from aggregate.checkpoint import Checkpoint
+from aggregate.feed import EntryFeeder
 from aggregate.output import CandleWriter
 from common.backoff import backoff
-from common.decimals import parse_scaled
 from common.errors import LeaseLostError
 from common.keys import Keys
 from common.logs import RateLimitedLog
 from common.metrics import REGISTRY
-from common.wire import ClockEntry, GapEntry, Side, TradesEntry, entry_decoder
+from common.wire import TradesEntry, entry_decoder
 
 log = logging.getLogger(__name__)
 rate_limited = RateLimitedLog(log)
@@ -44,8 +44,6 @@ BAD = REGISTRY.counter("aggregate_bad_entries_total", "undecodable stream entrie
 LAG = REGISTRY.gauge("aggregate_stream_lag_ms", "wall clock minus stream time", ("shard",))
 
 STEP_RECORD_MS = 100  # at most one (stream time, id) per this much stream time
-_PRICE_CACHE_MAX = 200_000
-_BUY = Side.BUY
 
 
 def _entries(reply: Any) -> list[Any]:
@@ -88,8 +86,8 @@ class ShardAggregator:
         self._writer = CandleWriter(config.intervals, category)
         self._write = redis.register_script(checkpoint.WRITE_LUA)
         self._fingerprint = checkpoint.fingerprint(config)
-        self._prices: dict[str, int] = {}
         self.core = CandleCore(config)
+        self._feeder = EntryFeeder(self.core)
         self.last_id = self._written_id = "0-0"
         self.ids_from = "0-0"
         self.steps: list[tuple[int, str]] = []
@@ -104,6 +102,7 @@ class ShardAggregator:
         """Resume from the checkpoint (or start cold), and rebuild the duplicate filter."""
         raw = await self.redis.get(self.keys.state(self.shard))
         self.core = CandleCore(self.config)
+        self._feeder = EntryFeeder(self.core)
         self.last_id = self.ids_from = "0-0"
         self.steps = []
         if raw is None:
@@ -119,6 +118,7 @@ class ShardAggregator:
             self.ids_from = saved.last_id
             return
         self.core = CandleCore(self.config, saved.core)
+        self._feeder = EntryFeeder(self.core)
         self.ids_from = saved.ids_from
         self.steps = saved.steps
         await self._rebuild_ids(saved.ids_from, saved.last_id)
@@ -167,40 +167,10 @@ class ShardAggregator:
         return len(entries)
 
     def process(self, entries: Sequence[Any]) -> None:
-        core = self.core
-        prices = self._prices
-        if len(prices) > _PRICE_CACHE_MAX:
-            prices.clear()
-        for _, fields in entries:
-            try:
-                entry = entry_decoder.decode(fields[1])
-            except (ValueError, IndexError) as exc:
-                BAD.inc(1, self._label)
-                rate_limited.warning("bad", "shard %d: bad stream entry: %r", self.shard, exc)
-                continue
-            if isinstance(entry, TradesEntry):
-                trades = entry.trades
-                try:
-                    core.trades(
-                        entry.symbol,
-                        [t.time_ms for t in trades],
-                        [prices.get(t.price) or self._price(t.price) for t in trades],
-                        [prices.get(t.size) or self._price(t.size) for t in trades],
-                        [t.side is _BUY for t in trades],
-                        [t.trade_id for t in trades],
-                    )
-                except ValueError as exc:
-                    BAD.inc(1, self._label)
-                    rate_limited.warning("bad", "shard %d: bad trade: %r", self.shard, exc)
-            elif isinstance(entry, ClockEntry):
-                core.clock(entry.time_ms)
-            elif isinstance(entry, GapEntry):
-                core.gap(entry.symbols, entry.from_ms, entry.to_ms)
-        self._pending.extend(core.take())
-
-    def _price(self, text: str) -> int:
-        value = self._prices[text] = parse_scaled(text)
-        return value
+        for problem in self._feeder.feed(fields[1] for _, fields in entries):
+            BAD.inc(1, self._label)
+            rate_limited.warning("bad", "shard %d: %s", self.shard, problem)
+        self._pending.extend(self.core.take())
 
     async def write(self) -> None:
         candles = self._pending
