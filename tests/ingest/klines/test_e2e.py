@@ -365,3 +365,12 @@ def test_bad_intervals_stop_ingest_naming_them(tmp_path: Path, procs: list[Proc]
         "error: STREAMER_KLINE_INTERVALS: 15s, 7m not available in klines mode; "
         "allowed: 1m 3m 5m 15m 30m 1h 2h 4h 6h 12h 1d 1w 1M"
     ]
+
+
+def test_aggregate_idles_in_klines_mode(tmp_path: Path, redis_url: str, procs: list[Proc]) -> None:
+    env = {"STREAMER_REDIS_URL": redis_url, "STREAMER_KLINES_MODE": "true"}
+    aggregate = python_module("aggregate", env=env, log_path=tmp_path / "aggregate.log")
+    procs.append(aggregate)
+    aggregate.wait_output("there is nothing to aggregate; idle until stopped", 20)
+    assert aggregate.stop() == 0
+    assert redis.Redis.from_url(redis_url).keys("*") == []
