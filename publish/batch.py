@@ -16,11 +16,21 @@ _dict_decoder = msgspec.json.Decoder()
 class CandleBatch:
     """Candles in stream order, with the stream entry id each came from (per shard)."""
 
-    __slots__ = ("_dicts", "ids", "raws")
+    __slots__ = ("_dicts", "group", "ids", "raws", "raws_by_shard", "streams")
 
-    def __init__(self, raws: list[bytes], ids: dict[int, list[bytes]]) -> None:
+    def __init__(
+        self,
+        raws: list[bytes],
+        ids: dict[int, list[bytes]],
+        raws_by_shard: dict[int, list[bytes]] | None = None,
+    ) -> None:
         self.raws = raws
         self.ids = ids
+        self.raws_by_shard = raws_by_shard or {}
+        # Set by a consumer-group reader: a consumer may acknowledge the batch itself, in the same
+        # atomic step as its output (the `redis` consumer does), so a crash never repeats it.
+        self.group: str | None = None
+        self.streams: list[str] = []
         self._dicts: list[dict[str, Any]] | None = None
 
     def __len__(self) -> int:

@@ -47,8 +47,11 @@ class StreamReader(Protocol):
 def _to_batch(reply: Any, shard_of_key: dict[bytes, int]) -> CandleBatch | None:
     raws: list[bytes] = []
     ids: dict[int, list[bytes]] = {}
+    by_shard: dict[int, list[bytes]] = {}
     for key, entries in reply:
-        shard_ids = ids.setdefault(shard_of_key[key], [])
+        shard = shard_of_key[key]
+        shard_ids = ids.setdefault(shard, [])
+        shard_raws = by_shard.setdefault(shard, [])
         for entry_id, fields in entries:
             if fields is None:  # a pending entry deleted (trimmed) before it was delivered
                 continue
@@ -56,9 +59,10 @@ def _to_batch(reply: Any, shard_of_key: dict[bytes, int]) -> CandleBatch | None:
             shard_ids.append(entry_id)
             if data is not None:
                 raws.append(data)
+                shard_raws.append(data)
     if not any(ids.values()):
         return None
-    return CandleBatch(raws, ids)
+    return CandleBatch(raws, ids, by_shard)
 
 
 async def _read_streams(
@@ -254,6 +258,8 @@ class GroupReader:
 
     def _track(self, batch: CandleBatch | None) -> CandleBatch | None:
         if batch is not None:
+            batch.group = self._group
+            batch.streams = self._streams
             for ids in batch.ids.values():
                 self._in_flight.update(ids)
         return batch

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -17,6 +18,17 @@ from common.errors import RetryableError
 from common.redisconn import connect
 from publish.batch import CandleBatch, json_array
 from publish.consumers.base import BaseConsumer
+
+PUBLISH_AND_ACK_LUA = """
+-- KEYS[1]: a candle stream. ARGV: channel, group, n, n messages, then the entry ids they hold.
+-- Acknowledge first: if another attempt already did (a retry), publish nothing again.
+local n = tonumber(ARGV[3])
+local ids = {}
+for i = 4 + n, #ARGV do ids[#ids + 1] = ARGV[i] end
+if redis.call('XACK', KEYS[1], ARGV[2], unpack(ids)) == 0 then return 0 end
+for i = 4, 3 + n do redis.call('PUBLISH', ARGV[1], ARGV[i]) end
+return n
+"""
 
 
 class RedisConsumer(BaseConsumer):
@@ -27,6 +39,7 @@ class RedisConsumer(BaseConsumer):
         self._client: aioredis.Redis | None = None
         self._channel = ""
         self._per_message = 100
+        self._script: AsyncScript | None = None
 
     def validate(self) -> None:
         if self.settings is None:
@@ -50,14 +63,32 @@ class RedisConsumer(BaseConsumer):
     async def consume_batch(self, batch: CandleBatch) -> None:
         if not self._is_running or self._client is None or not batch.raws:
             return
-        raws, step = batch.raws, self._per_message
         try:
+            if batch.group is not None:
+                await self._publish_and_ack(batch, batch.group)
+                return
+            raws, step = batch.raws, self._per_message
             async with self._client.pipeline(transaction=False) as pipe:
                 for start in range(0, len(raws), step):
                     pipe.publish(self._channel, json_array(raws[start : start + step]))
                 await pipe.execute()
         except (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError) as exc:
             raise RetryableError(f"publish to {self._channel!r} failed: {exc!r}") from exc
+
+    async def _publish_and_ack(self, batch: CandleBatch, group: str) -> None:
+        """Per shard, PUBLISH and XACK in one script: a crash repeats or loses nothing."""
+        assert self._client is not None
+        if self._script is None:
+            self._script = self._client.register_script(PUBLISH_AND_ACK_LUA)
+        step = self._per_message
+        for shard, ids in batch.ids.items():
+            raws = batch.raws_by_shard.get(shard, [])
+            messages = [json_array(raws[i : i + step]) for i in range(0, len(raws), step)]
+            if ids:
+                await self._script(
+                    keys=[batch.streams[shard]],
+                    args=[self._channel, group, len(messages), *messages, *ids],
+                )
 
     async def stop(self) -> None:
         await super().stop()

@@ -214,3 +214,39 @@ async def test_a_trimmed_gap_is_logged_at_start(
     assert batch is not None and batch.ids == {0: [b"9-0"]}
     await client.aclose()
     sync.close()
+
+
+async def test_redis_consumer_publishes_and_acks_atomically(redis_url: str) -> None:
+    """A batch handed over twice (a retry, a replica that died after publishing) goes out once."""
+    from publish.consumers.redis_pubsub import RedisConsumer
+
+    settings = ws_settings(1, redis_url=redis_url, shards=2)
+    client = connect(settings)
+    sync = redis.Redis.from_url(redis_url)
+    keys = Keys(PREFIX)
+    reader = GroupReader(client, keys, 2, "g", "r1", claim_idle_ms=60_000)
+    await reader.start()
+    raws = series(5)
+    xadd_candles(sync, raws, shards=2)
+    consumer = RedisConsumer()
+    consumer.settings = settings
+    consumer.validate()
+    await consumer.setup()
+    await consumer.start()
+    listener = sync.pubsub()
+    listener.subscribe(settings.redis_channel)
+    assert listener.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+    batch = await reader.read(100, 10)
+    assert batch is not None and len(batch) == 5
+    await consumer.consume_batch(batch)
+    assert sync.xpending(keys.klines(0), "g")["pending"] == 0  # acknowledged by the publish
+    assert sync.xpending(keys.klines(1), "g")["pending"] == 0
+    await consumer.consume_batch(batch)  # the same batch again: nothing more is published
+    got: list[bytes] = []
+    while (message := listener.get_message(timeout=0.5)) is not None:
+        got.extend(msgspec.json.decode(message["data"], type=list[msgspec.Raw]))  # type: ignore[arg-type]
+    assert sorted(bytes(raw) for raw in got) == sorted(raws)
+    await consumer.stop()
+    listener.close()
+    await client.aclose()
+    sync.close()
