@@ -44,12 +44,13 @@ class Message:
 
 
 def workload(
-    trades: int, symbols: int = 500, span_ms: int = 7_200_000, seed: int = 1
+    trades: int, symbols: int = 500, span_ms: int = 7_200_000, seed: int = 1, min_step_ms: int = 1
 ) -> list[Message]:
+    """`min_step_ms=0` allows equal times (denser streams than 1 trade per ms)."""
     rng = random.Random(seed)
     names = [f"S{i:03d}USDT" for i in range(symbols)]
     cents = {name: rng.randint(100, 10_000_000) for name in names}
-    step = max(1, 2 * span_ms // trades - 1)
+    step = max(1, 2 * span_ms // trades - min_step_ms)
     t = START_MS
     messages: list[Message] = []
     serial = 0
@@ -58,7 +59,7 @@ def workload(
         n = min(rng.randint(1, 20), trades - serial)
         msg = Message(name, [], [], [], [], [], [], [])
         for _ in range(n):
-            t += rng.randint(1, step)
+            t += rng.randint(min_step_ms, step)
             cents[name] = max(1, cents[name] + rng.randint(-3, 3))
             milli = rng.randint(1, 100_000)
             serial += 1
