@@ -315,7 +315,7 @@ class CandleCore:
         n = len(times)
         base = sym.levels[0]
         base_plan = self.plan[0]
-        limit = self._base_limit(sym)
+        limit = base.open_ms if base.active else self._base_limit(sym)
         i = 0
         if times[0] < limit:
             i = bisect_left(times, limit)
@@ -326,7 +326,8 @@ class CandleCore:
             t = times[i]
             if t >= sym.next_end:
                 self._advance(name, sym, t)
-                self._prune(name, sym)
+                if sym.gaps or len(self._ids.get(name, ())) > _KEEP_BUCKETS:
+                    self._prune(name, sym)
             if not base.active:
                 base.open_ms = base_plan.floor(t)
                 base.end_ms = base_plan.next_open(base.open_ms)
@@ -405,8 +406,11 @@ class CandleCore:
                 continue
             sym.deadline = -1
             self._advance(name, sym, boundary)
-            self._prune(name, sym)
-            self._schedule(name, sym)
+            if sym.gaps or len(self._ids.get(name, ())) > _KEEP_BUCKETS:
+                self._prune(name, sym)
+            if sym.next_end < NEVER:
+                sym.deadline = sym.next_end + self._latency
+                heapq.heappush(heap, (sym.deadline, name))
 
     def _schedule(self, name: str, sym: SymbolState) -> None:
         if sym.next_end >= NEVER:

@@ -84,8 +84,8 @@ class Reference:
                 before = self._before(symbol)
             self.trade(symbol, *trade, before=before)
             if one_by_one:
-                self.settle()
-        self.settle()
+                self.settle(before[1])
+        self.settle(before[1])
 
     def _before(self, symbol: str) -> tuple[bool, int, int]:
         return symbol in self.symbols, self.now, self.symbols.get(symbol, RefSymbol(0)).max_t
@@ -135,23 +135,26 @@ class Reference:
 
     # -------------------------------------------------------------------------
 
-    def settle(self) -> None:
+    def settle(self, revisions_at: int | None = None) -> None:
+        """Close what is proven closed; re-emit what changed within the revision window,
+        judged at `revisions_at` (a message's late trades are judged when it arrives)."""
+        at = self.now if revisions_at is None else revisions_at
         for name, sym in self.symbols.items():
             proven = max(sym.max_t, self.now - self.latency_ms)
             for interval in self.intervals:
-                self._revisit(name, sym, interval)
+                self._revisit(name, sym, interval, at)
                 label = interval.label
                 while interval.next_open(sym.next_open[label]) <= proven:
                     self._consider(name, sym, interval, sym.next_open[label])
                     sym.next_open[label] = interval.next_open(sym.next_open[label])
 
-    def _revisit(self, name: str, sym: RefSymbol, interval: Interval) -> None:
+    def _revisit(self, name: str, sym: RefSymbol, interval: Interval, at: int) -> None:
         """Closed candles still in the revision window: emit again if their value changed."""
         first = interval.floor(sym.start)
         open_ms = sym.next_open[interval.label]
         while open_ms > first:
             open_ms = interval.floor(open_ms - 1)
-            if interval.next_open(open_ms) <= self.now - self.window_ms:
+            if interval.next_open(open_ms) <= at - self.window_ms:
                 break
             self._consider(name, sym, interval, open_ms)
 
