@@ -78,7 +78,7 @@ def expected_from_ledger(sim: Sim, until_ms: int) -> dict[tuple[str, int, int], 
         )
     out = {}
     for symbol, rows in trades.items():
-        rows.sort()
+        rows.sort(key=lambda r: (r[0], r[1]))  # stable: same T and seq keep the ledger's order
         for interval in INTERVALS:
             first = interval.floor(rows[0][0])
             open_ms = first + interval.ms
