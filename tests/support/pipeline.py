@@ -7,6 +7,7 @@ redis-py pub/sub subscriber (reconnecting), each keeping every candle it receive
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import json
 import threading
@@ -45,6 +46,7 @@ class Pipeline:
     ws_port: int = field(default_factory=free_port)
     procs: dict[str, Proc] = field(default_factory=dict)
     prefix: str = "streamer"
+    _how: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = field(default_factory=dict)
 
     def env(self, **extra: str) -> dict[str, str]:
         values = {
@@ -71,7 +73,12 @@ class Pipeline:
     def start(self, stage: str, name: str, *args: str, **extra: str) -> Proc:
         proc = python_module(stage, *args, env=self.env(**extra), log_path=self.tmp / f"{name}.log")
         self.procs[name] = proc
+        self._how[name] = (stage, args, extra)
         return proc
+
+    def restart(self, name: str) -> Proc:
+        stage, args, extra = self._how[name]
+        return self.start(stage, name, *args, **extra)
 
     def stop_all(self) -> None:
         for proc in self.procs.values():
@@ -136,19 +143,50 @@ def latest(candles: list[CandleView]) -> dict[Key, CandleView]:
     return out
 
 
+Keep = Callable[[bytes], None]
+Receive = Callable[[Keep, Callable[[], None], threading.Event], None]
+
+
+class Supervisor:
+    """Restarts any stage process that exits, as supervisord's autorestart does."""
+
+    def __init__(self, pipe: Pipeline, names: list[str]) -> None:
+        self.pipe = pipe
+        self.names = names
+        self.restarts: collections.Counter[str] = collections.Counter()
+        self.paused: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            for name in self.names:
+                if name not in self.paused and self.pipe.procs[name].popen.poll() is not None:
+                    self.restarts[name] += 1
+                    self.pipe.restart(name)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 class Collector:
     """Keeps every candle a source delivers, on a thread, reconnecting until stopped."""
 
-    def __init__(
-        self, name: str, receive: Callable[[Callable[[bytes], None], threading.Event], None]
-    ):
+    def __init__(self, name: str, receive: Receive) -> None:
         self.name = name
         self.raws: list[bytes] = []
         self.reconnects = 0
+        self.down: list[tuple[int, int]] = []  # wall-clock ms windows while not connected
+        self._lost_ms = int(time.time() * 1000)
         self._stop = threading.Event()
         self._receive = receive
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+
+    def _connected(self) -> None:
+        self.down.append((self._lost_ms, int(time.time() * 1000)))
 
     def _keep(self, frame: bytes) -> None:
         self.raws.extend(bytes(raw) for raw in msgspec.json.decode(frame, type=list[msgspec.Raw]))
@@ -156,7 +194,8 @@ class Collector:
     def _run(self) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(OSError, WebSocketException, redis.exceptions.ConnectionError):
-                self._receive(self._keep, self._stop)
+                self._receive(self._keep, self._connected, self._stop)
+            self._lost_ms = int(time.time() * 1000)
             if not self._stop.is_set():
                 self.reconnects += 1
                 self._stop.wait(0.05)  # reconnect pacing, not a wait for an event
@@ -172,11 +211,12 @@ class Collector:
 def websocket_collector(port: int) -> Collector:
     token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 
-    def receive(keep: Callable[[bytes], None], stop: threading.Event) -> None:
+    def receive(keep: Keep, connected: Callable[[], None], stop: threading.Event) -> None:
         with ws_connect(
             f"ws://127.0.0.1:{port}/", additional_headers={"Authorization": f"Basic {token}"},
             open_timeout=2, max_size=None,
         ) as ws:  # fmt: skip
+            connected()
             while not stop.is_set():
                 try:
                     frame = ws.recv(timeout=0.2)
@@ -190,11 +230,12 @@ def websocket_collector(port: int) -> Collector:
 
 
 def pubsub_collector(redis_url: str, channel: str) -> Collector:
-    def receive(keep: Callable[[bytes], None], stop: threading.Event) -> None:
+    def receive(keep: Keep, connected: Callable[[], None], stop: threading.Event) -> None:
         client = redis.Redis.from_url(redis_url, socket_connect_timeout=1)
         pubsub = client.pubsub()
         try:
             pubsub.subscribe(channel)
+            connected()
             while not stop.is_set():
                 message = pubsub.get_message(timeout=0.2)
                 if message and message["type"] == "message":
