@@ -33,6 +33,7 @@ from aggregate.state import NEVER, CoreCandle, CoreState, Level, Record, SymbolS
 from common.intervals import Interval
 
 _OPEN = attrgetter("open_ms")
+_KEEP_RECORDS = 8  # closed candles per level before expired ones are dropped (they are inert)
 _KEEP_BUCKETS = (
     8  # id sets per symbol before expired ones are looked for (keeping more is harmless)
 )
@@ -461,7 +462,7 @@ class CandleCore:
                         lv.vol, lv.turn, lv.buy, lv.partial, gap, 0 if shown else -1, o, h, low, c,
                     )
                 )  # fmt: skip
-                if lv.records[0].end_ms <= self.state.now_ms - self._window:
+                if len(lv.records) > _KEEP_RECORDS:
                     self._prune_records(lv)
             lv.prev_close = c
         elif cnt:
