@@ -143,7 +143,7 @@ async def _closing_delay(client: aioredis.Redis, url: str, seconds: float) -> li
             for k in range(5):
                 serial += 1
                 trade = Trade(now_ms, f"{100 + k}.5", "0.01", Side.BUY, f"x{serial}")
-                entry = TradesEntry(f"S{serial % 50:02d}USDT", [trade])
+                entry = TradesEntry(f"S{serial % 2000:04d}USDT", [trade])  # mostly time-closed
                 pipe.xadd(keys.trades(0), {STREAM_FIELD: entry_encoder.encode(entry)})
             if now_ms >= next_clock:
                 pipe.xadd(keys.trades(0), {STREAM_FIELD: entry_encoder.encode(ClockEntry(now_ms))})
