@@ -29,6 +29,10 @@ class Keys:
         """The aggregator's checkpoint of the shard."""
         return f"{self.prefix}:{{{shard}}}:state"
 
+    def ingest_batch(self, shard: int) -> str:
+        """String: `<token>:<serial>` of the last batch ingest wrote, so a retry is not doubled."""
+        return f"{self.prefix}:{{{shard}}}:ingest-batch"
+
     def klines_last(self, shard: int) -> str:
         """Hash: klines mode, the open time of the last confirmed candle written per series."""
         return f"{self.prefix}:{{{shard}}}:klines-last"

@@ -33,13 +33,21 @@ log = logging.getLogger(__name__)
 WRITE_LUA = (
     FENCE_LUA
     + """
-for i = 2, #ARGV do
+local batch = ARGV[1] .. ':' .. ARGV[2]
+if redis.call('GET', KEYS[3]) == batch then
+  return 0
+end
+for i = 3, #ARGV do
   redis.call('XADD', KEYS[2], '*', 'data', ARGV[i])
 end
-return #ARGV - 1
+redis.call('SET', KEYS[3], batch)
+return #ARGV - 2
 """
 )
-"""KEYS = [lease, stream]; ARGV = [token, entry, entry, ...]."""
+"""KEYS = [lease, stream, last batch]; ARGV = [token, batch serial, entry, entry, ...].
+
+A write whose reply was lost (Redis stopped mid-call) is retried with the same serial; the
+script recognises it as already applied, so a retry never writes an entry twice."""
 
 TRIM_EVERY_S = 10.0
 
@@ -54,6 +62,7 @@ class Item:
     trades: int = 0
     first_ms: int = 0
     last_ms: int = 0
+    serial: int = 0  # set when taken into a batch; a retry keeps it
 
 
 @dataclass(slots=True)
@@ -110,6 +119,7 @@ class Writer:
         self._drops: dict[int, _DropWindow] = {}
         self.ready: set[int] = set()
         self._last_clock_ms = 0
+        self._serial = 0
         self._last_trim = 0.0
         self.healthy = True
         self.written = 0
@@ -233,7 +243,11 @@ class Writer:
                 clock = entry_encoder.encode(ClockEntry(stamp))
                 queue.extend(Item(shard, clock) for shard in sorted(self.ready))
         take = min(len(queue), self._batch_max)
-        return [queue.popleft() for _ in range(take)]
+        batch = [queue.popleft() for _ in range(take)]
+        for item in batch:
+            self._serial += 1
+            item.serial = self._serial
+        return batch
 
     async def _write(self, batch: list[Item]) -> list[Item]:
         """Write each shard's part of the batch; return the items to try again.
@@ -249,8 +263,12 @@ class Writer:
         for shard, items in by_shard.items():
             try:
                 await self._script(
-                    keys=[self._keys.lease("ingest", shard), self._keys.trades(shard)],
-                    args=[self.token, *(i.payload for i in items)],
+                    keys=[
+                        self._keys.lease("ingest", shard),
+                        self._keys.trades(shard),
+                        self._keys.ingest_batch(shard),
+                    ],
+                    args=[self.token, items[-1].serial, *(i.payload for i in items)],
                 )
             except ResponseError as exc:
                 if "LEASELOST" not in str(exc):

@@ -191,3 +191,25 @@ async def test_clock_entries_keep_coming_under_a_backlog_and_never_run_ahead(
         elif isinstance(entry, TradesEntry):
             assert entry.received_ms >= clock_ms
     await client.aclose()
+
+
+async def test_a_write_retried_after_a_lost_reply_is_applied_once(redis_url: str) -> None:
+    """Redis may run the script and then drop the connection before replying (a restart):
+    the writer retries the same batch, and the script sees it was already applied."""
+    client = aioredis.Redis.from_url(redis_url)
+    await client.set(KEYS.lease("ingest", 2), TOKEN)
+    writer = _writer(client, clock_interval_ms=60_000)
+    writer.ready.add(2)
+    writer.put_trades(2, "BTCUSDT", _trades(3), 1, 1)
+    writer.put_trades(2, "BTCUSDT", _trades(2, 3), 1, 1)
+    batch = writer._take_batch()
+    trades_batch = [item for item in batch if item.trades]
+    assert await writer._write(trades_batch) == []
+    assert await writer._write(trades_batch) == []  # the retry of a write whose reply was lost
+    entries = await _entries(client, 2)
+    ids = [t.trade_id for e in entries if isinstance(e, TradesEntry) for t in e.trades]
+    assert ids == ["id0", "id1", "id2", "id3", "id4"]
+    writer.put_trades(2, "BTCUSDT", _trades(1, 5), 1, 1)  # the next batch goes through
+    assert await writer._write([i for i in writer._take_batch() if i.trades]) == []
+    assert len(await _entries(client, 2)) == 3
+    await client.aclose()
