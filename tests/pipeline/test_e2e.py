@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from tests.support.pipeline import (
     wait_for_ws,
     websocket_collector,
 )
+from tests.support.redisproc import free_port
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
@@ -80,14 +83,17 @@ def test_candles_reach_websocket_and_pubsub_users_exactly(
         tmp_path, redis_url, ("--symbols", "30", "--rate", "400"), shards=3, intervals="1s,2s,5s",
         STREAMER_REDIS_CLUSTER=str(is_cluster).lower(),
     )  # fmt: skip
+    ports = {stage: free_port() for stage in ("ingest", "aggregate", "publish")}
     try:
-        pipe.start("publish", "publish")
+        pipe.start("publish", "publish", STREAMER_METRICS_PORT=str(ports["publish"]))
         wait_for_ws(pipe.ws_port)
         ws = websocket_collector(pipe.ws_port)
         pubsub = pubsub_collector(redis_url, "pipeline-klines")
-        pipe.start("aggregate", "aggregate")
-        pipe.start("ingest", "ingest")
+        pipe.start("aggregate", "aggregate", STREAMER_METRICS_PORT=str(ports["aggregate"]))
+        pipe.start("ingest", "ingest", STREAMER_METRICS_PORT=str(ports["ingest"]))
         wait_until(lambda: len(pipe.sim.trades()) > 6000, 60, "6000 trades sent")
+        for port in ports.values():  # what supervisord and compose health checks poll
+            assert _get(port, "/health")[0] == 200
         assert pipe.sim.proc.stop() == 0
         sent = len(pipe.sim.trades())
         wait_until(lambda: trades_written(pipe) >= sent, 30, f"{sent} trades in the streams")
@@ -110,7 +116,43 @@ def test_candles_reach_websocket_and_pubsub_users_exactly(
             views = collector.views()[: len(stream)]
             assert {(c.symbol, c.interval, c.timestamp, c.revision) for c in views} == by_key
             assert len(views) == len(stream)
+        check_metrics(ports)
         ws.stop()
         pubsub.stop()
     finally:
         pipe.stop_all()
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def _value(text: str, name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
+def check_metrics(ports: dict[str, int]) -> None:
+    """Every stage serves Prometheus metrics with the figures an operator watches."""
+    ingest = _get(ports["ingest"], "/metrics")[1]
+    aggregate = _get(ports["aggregate"], "/metrics")[1]
+    publish = _get(ports["publish"], "/metrics")[1]
+    assert _value(ingest, "streamer_ingest_trades_total") > 5000
+    for name in ("reconnects", "gaps", "dropped_trades", "redis_errors", "malformed"):
+        assert f"# TYPE streamer_ingest_{name}_total counter" in ingest
+    assert _value(aggregate, "streamer_aggregate_candles_total") > 500
+    assert _value(aggregate, "streamer_aggregate_trades_total") > 5000
+    for name in ("late", "dropped", "revisions"):
+        assert f"# TYPE streamer_aggregate_{name}_total counter" in aggregate
+    assert "streamer_aggregate_stream_lag_ms{" in aggregate
+    assert _value(publish, "streamer_publish_ws_clients") == 1
+    assert _value(publish, 'streamer_publish_candles_total{consumer="websocket"}') > 500
+    # the exchange is gone (the simulator was stopped): ingest reports itself unhealthy
+    assert _get(ports["ingest"], "/health")[0] == 503
