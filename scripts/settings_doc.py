@@ -1,0 +1,50 @@
+"""Print the README's settings tables from .env.example (the one place settings are described).
+
+`python scripts/settings_doc.py --write` replaces the block between the README's
+`<!-- settings:begin -->` and `<!-- settings:end -->` markers; tests check it is current.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
+
+
+def render(env_example: str) -> str:
+    out: list[str] = []
+    comments: list[str] = []
+    for line in env_example.splitlines():
+        section = re.match(r"^# --- (.+?) -+$", line)
+        if section:
+            out += ["", f"**{section.group(1)}**", "", "| variable | default | meaning |", "|---|---|---|"]
+            comments = []
+        elif line.startswith("# ") and out:
+            comments.append(line[2:].strip())
+        elif line.startswith("STREAMER_"):
+            name, _, default = line.partition("=")
+            meaning = " ".join(comments).replace("|", "\\|")
+            out.append(f"| `{name}` | `{default}` | {meaning} |" if default else f"| `{name}` | | {meaning} |")
+            comments = []
+        elif not line.strip():
+            comments = []
+    return "\n".join(out).strip() + "\n"
+
+
+def main() -> int:
+    text = render((ROOT / ".env.example").read_text())
+    if "--write" not in sys.argv:
+        print(text, end="")
+        return 0
+    readme = ROOT / "README.md"
+    content = readme.read_text()
+    start, end = content.index(BEGIN) + len(BEGIN), content.index(END)
+    readme.write_text(content[:start] + "\n" + text + content[end:])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
