@@ -29,7 +29,13 @@ bench-smoke: install
 	$(VENV)/python -m bench --smoke
 
 soak: install
-	$(VENV)/pytest -q -m slow tests
+	$(VENV)/pytest -q -s -m slow tests
+
+status: install
+	$(VENV)/python -m ops status
+
+verify: install
+	$(VENV)/python -m ops verify
 
 clean:
 	rm -rf .venv var .mypy_cache .ruff_cache .pytest_cache

@@ -20,14 +20,16 @@ def render(env_example: str) -> str:
     for line in env_example.splitlines():
         section = re.match(r"^# --- (.+?) -+$", line)
         if section:
-            out += ["", f"**{section.group(1)}**", "", "| variable | default | meaning |", "|---|---|---|"]
+            out += ["", f"**{section.group(1)}**", "", "| variable | default | meaning |"]
+            out.append("|---|---|---|")
             comments = []
         elif line.startswith("# ") and out:
             comments.append(line[2:].strip())
         elif line.startswith("STREAMER_"):
             name, _, default = line.partition("=")
             meaning = " ".join(comments).replace("|", "\\|")
-            out.append(f"| `{name}` | `{default}` | {meaning} |" if default else f"| `{name}` | | {meaning} |")
+            shown = f"`{default}`" if default else ""
+            out.append(f"| `{name}` | {shown} | {meaning} |")
             comments = []
         elif not line.strip():
             comments = []
