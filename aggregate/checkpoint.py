@@ -1,9 +1,17 @@
 """The checkpoint of one shard, and the one Redis script that writes it with its candles.
 
-Exactly once: the candles a step emits and the checkpoint covering them (core state + the last
-trade stream id read) go to Redis in one Lua script, fenced by the shard lease. After a crash the
-process loads the checkpoint and reads after its id, so it emits exactly what an uninterrupted run
-would have emitted after that point.
+`<p>:{k}:state` is a hash of two fields:
+- `head`: the last trade stream id whose candles are written (and the stream time then). Every
+  step's candles and its head go to Redis in one Lua script, fenced by the shard lease.
+- `checkpoint`: the core state covering the stream up to its own `last_id`. It is megabytes for a
+  busy shard, so it is written (in the same script) only now and then: at most every
+  `CHECKPOINT_EVERY_S` when a step has no closed candles to delay, and at least every
+  `CHECKPOINT_MAX_S`.
+
+Exactly once: the core is deterministic (its candles depend on the entries only, not on how they
+are split into steps). After a crash the process loads the checkpoint, replays the entries after
+its `last_id` up to the head's id while discarding their candles (they are already written), and
+reads on after the head: it emits exactly what an uninterrupted run would have emitted.
 
 The duplicate filter's trade ids are not in the checkpoint (at 100 k trades/s and a 10 s revision
 window they would be megabytes per write). Instead the checkpoint names `ids_from`: a trade
@@ -19,7 +27,16 @@ from aggregate.candles import CoreConfig
 from aggregate.state import CoreState
 from common.leases import FENCE_LUA
 
-VERSION = 1
+VERSION = 2
+CHECKPOINT_EVERY_S = 1.0
+CHECKPOINT_MAX_S = 5.0
+HEAD = "head"
+CHECKPOINT = "checkpoint"
+
+
+class Head(msgspec.Struct, gc=False):
+    last_id: str  # every candle of the entries up to this one is written
+    now_ms: int  # stream time after that entry
 
 
 class Checkpoint(msgspec.Struct, gc=False):
@@ -34,6 +51,7 @@ class Checkpoint(msgspec.Struct, gc=False):
 # JSON, not msgpack: turnover sums (24 decimal digits, scaled) outgrow msgpack's 64-bit ints.
 encoder = msgspec.json.Encoder()
 decoder = msgspec.json.Decoder(Checkpoint)
+head_decoder = msgspec.json.Decoder(Head)
 
 
 def fingerprint(config: CoreConfig) -> str:
@@ -48,16 +66,21 @@ def fingerprint(config: CoreConfig) -> str:
 WRITE_LUA = (
     FENCE_LUA
     + """
--- KEYS: lease, klines, updates, state. ARGV: token, klines maxlen, updates maxlen, checkpoint,
--- number of closed candles, then the closed candles' JSON, then the in-progress snapshots' JSON.
-local closed = tonumber(ARGV[5])
-for i = 6, 5 + closed do
+-- KEYS: lease, klines, updates, state. ARGV: token, klines maxlen, updates maxlen, head,
+-- checkpoint ('' = keep the one there), number of closed candles, then the closed candles' JSON,
+-- then the in-progress snapshots' JSON.
+local closed = tonumber(ARGV[6])
+for i = 7, 6 + closed do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'data', ARGV[i])
 end
-for i = 6 + closed, #ARGV do
+for i = 7 + closed, #ARGV do
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'data', ARGV[i])
 end
-redis.call('SET', KEYS[4], ARGV[4])
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[4], 'head', ARGV[4], 'checkpoint', ARGV[5])
+else
+  redis.call('HSET', KEYS[4], 'head', ARGV[4])
+end
 return closed
 """
 )

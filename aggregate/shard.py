@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -92,7 +92,8 @@ class ShardAggregator:
         self.ids_from = "0-0"
         self.steps: list[tuple[int, str]] = []
         self._pending: list[Any] = []
-        self._last_write = time.monotonic()
+        self._last_write = self._checkpoint_at = time.monotonic()
+        self._checkpoint_id = ""
         self._reported = (0, 0, 0, 0, 0, 0)
         self.on_written: Any = None  # bench hook: called with (candles, wall ms) after a write
 
@@ -100,36 +101,54 @@ class ShardAggregator:
 
     async def load(self) -> None:
         """Resume from the checkpoint (or start cold), and rebuild the duplicate filter."""
-        raw = await self.redis.get(self.keys.state(self.shard))
-        self.core = CandleCore(self.config)
-        self._feeder = EntryFeeder(self.core)
-        self.last_id = self.ids_from = "0-0"
-        self.steps = []
-        if raw is None:
+        raw_head, raw = await self.redis.hmget(
+            self.keys.state(self.shard), [checkpoint.HEAD, checkpoint.CHECKPOINT]
+        )
+        self._reset("0-0")
+        if raw_head is None:
             log.info("shard %d: no checkpoint, cold start from the stream's beginning", self.shard)
             return
-        saved = checkpoint.decoder.decode(bytes(raw) if isinstance(raw, bytes) else raw.encode())
-        self.last_id = self._written_id = saved.last_id
-        if saved.config != self._fingerprint:
+        head = checkpoint.head_decoder.decode(raw_head)
+        saved = None if raw is None else checkpoint.decoder.decode(raw)
+        if saved is None or saved.config != self._fingerprint:
             log.warning(
                 "shard %d: checkpoint made under other candle rules (%s); cold start after %s",
-                self.shard, saved.config, saved.last_id,
+                self.shard, None if saved is None else saved.config, head.last_id,
             )  # fmt: skip
-            self.ids_from = saved.last_id
+            self._reset(head.last_id)
             return
         self.core = CandleCore(self.config, saved.core)
         self._feeder = EntryFeeder(self.core)
         self.ids_from = saved.ids_from
         self.steps = saved.steps
         await self._rebuild_ids(saved.ids_from, saved.last_id)
-        log.info("shard %d: resumed after %s", self.shard, saved.last_id)
+        # The candles of the entries after the checkpoint up to the head are written already:
+        # replay them into the core and drop what they emit.
+        await self._replay(saved.last_id, head.last_id)
+        self.core.take()
+        self.last_id = self._written_id = head.last_id
+        self._checkpoint_id = saved.last_id
+        log.info("shard %d: resumed after %s", self.shard, head.last_id)
 
-    async def _rebuild_ids(self, after: str, until: str) -> None:
+    def _reset(self, last_id: str) -> None:
+        self.core = CandleCore(self.config)
+        self._feeder = EntryFeeder(self.core)
+        self.last_id = self._written_id = self.ids_from = last_id
+        self.steps = []
+        self._checkpoint_id = ""  # the first write carries a checkpoint
+
+    async def _rows(self, after: str, until: str) -> AsyncIterator[list[Any]]:
         start = after
-        while True:
+        while start != until:
             rows = await self.redis.xrange(self._stream, min=f"({start}", max=until, count=5000)
             if not rows:
                 return
+            yield rows
+            last = rows[-1][0]
+            start = last.decode() if isinstance(last, bytes) else str(last)
+
+    async def _rebuild_ids(self, after: str, until: str) -> None:
+        async for rows in self._rows(after, until):
             for _, fields in rows:
                 data = fields.get(b"data") if fields else None
                 if not isinstance(data, bytes):
@@ -141,8 +160,12 @@ class ShardAggregator:
                         [t.time_ms for t in entry.trades],
                         [t.trade_id for t in entry.trades],
                     )
-            last = rows[-1][0]
-            start = last.decode() if isinstance(last, bytes) else str(last)
+
+    async def _replay(self, after: str, until: str) -> None:
+        async for rows in self._rows(after, until):
+            self._feeder.feed(
+                data for _, fields in rows if isinstance(data := fields.get(b"data"), bytes)
+            )
 
     # -------------------------------------------------------------------- steps
 
@@ -162,6 +185,11 @@ class ShardAggregator:
             self._pending
             or (entries and time.monotonic() - self._last_write > 1.0)
             or (not entries and self.last_id != self._written_id)
+            or (
+                not entries
+                and self._checkpoint_id != self.last_id
+                and time.monotonic() - self._checkpoint_at >= checkpoint.CHECKPOINT_EVERY_S
+            )
         ):
             await self.write()
         return len(entries)
@@ -172,26 +200,39 @@ class ShardAggregator:
             rate_limited.warning("bad", "shard %d: %s", self.shard, problem)
         self._pending.extend(self.core.take())
 
-    async def write(self) -> None:
+    async def write(self, *, full: bool = False) -> None:
+        """The pending candles and the head; the checkpoint too when due (see checkpoint)."""
         candles = self._pending
         closed = [c for c in candles if c.closed]
         snapshots = [c for c in candles if not c.closed]
         now_ms = self.core.state.now_ms
+        since = time.monotonic() - self._checkpoint_at
         self._record_step(now_ms)
-        saved = Checkpoint(
-            version=checkpoint.VERSION,
-            config=self._fingerprint,
-            last_id=self.last_id,
-            ids_from=self.ids_from,
-            steps=self.steps,
-            core=self.core.export_state(),
-        )
+        if (
+            full
+            or not self._checkpoint_id
+            or since >= checkpoint.CHECKPOINT_MAX_S
+            or (since >= checkpoint.CHECKPOINT_EVERY_S and not closed)
+        ):
+            saved = checkpoint.encoder.encode(
+                Checkpoint(
+                    version=checkpoint.VERSION,
+                    config=self._fingerprint,
+                    last_id=self.last_id,
+                    ids_from=self.ids_from,
+                    steps=self.steps,
+                    core=self.core.export_state(),
+                )
+            )
+        else:
+            saved = b""
         encode = self._writer.encode
         args: list[Any] = [
             self.token,
             self._maxlens[0],
             self._maxlens[1],
-            checkpoint.encoder.encode(saved),
+            checkpoint.encoder.encode(checkpoint.Head(self.last_id, now_ms)),
+            saved,
             len(closed),
             *[encode(c) for c in closed],
             *[encode(c) for c in snapshots],
@@ -205,6 +246,9 @@ class ShardAggregator:
         self._pending = []
         self._written_id = self.last_id
         self._last_write = time.monotonic()
+        if saved:
+            self._checkpoint_id = self.last_id
+            self._checkpoint_at = self._last_write
         if self.on_written is not None:
             self.on_written(closed, time.time() * 1000)
         self._report(now_ms)
@@ -258,6 +302,6 @@ class ShardAggregator:
                 self._pending = []
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), next(delays))
-        if loaded and self._pending:
+        if loaded and (self._pending or self._checkpoint_id != self.last_id):
             with contextlib.suppress(RedisError, LeaseLostError):
-                await self.write()
+                await self.write(full=True)  # a quick resume

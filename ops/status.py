@@ -100,7 +100,7 @@ async def _shard(client: aioredis.Redis, keys: Keys, k: int, group: str) -> Shar
             owners[stage] = (token.decode(), int(await client.pttl(keys.lease(stage, k))))
     trades_len, trades_last = await _last_id(client, keys.trades(k))
     klines_len, klines_last = await _last_id(client, keys.klines(k))
-    state: Any = await client.get(keys.state(k))
+    state: Any = await client.hget(keys.state(k), "head")  # aggregate.checkpoint
     checkpoint_ms = _id_ms(_checkpoint_head.decode(state).last_id) if state else None
     pending = lag = None
     try:

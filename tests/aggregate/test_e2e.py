@@ -43,8 +43,8 @@ def aggregate_env(redis_url: str, prefix: str) -> dict[str, str]:
 
 
 def stream_time(client: redis.Redis, keys: Keys, shard: int) -> int:
-    raw = client.get(keys.state(shard))
-    return -1 if raw is None else checkpoint.decoder.decode(raw).core.now_ms
+    raw = client.hget(keys.state(shard), checkpoint.HEAD)
+    return -1 if raw is None else checkpoint.head_decoder.decode(raw).now_ms
 
 
 def last_entry(client: redis.Redis, keys: Keys, shard: int) -> str:
@@ -56,8 +56,10 @@ def caught_up(client: redis.Redis, keys: Keys, proc: Proc) -> bool:
     if proc.popen.poll() is not None:
         raise AssertionError(f"aggregate exited:\n{proc.output()}")
     for shard in range(SHARDS):
-        raw = client.get(keys.state(shard))
-        if raw is None or checkpoint.decoder.decode(raw).last_id != last_entry(client, keys, shard):
+        raw = client.hget(keys.state(shard), checkpoint.HEAD)
+        if raw is None or checkpoint.head_decoder.decode(raw).last_id != last_entry(
+            client, keys, shard
+        ):
             return False
     return True
 

@@ -100,8 +100,8 @@ def env(redis_url: str, prefix: str) -> dict[str, str]:
 def checkpoint_id(client: redis.Redis, keys: Keys, proc: Proc | None = None) -> str:
     if proc is not None and proc.popen.poll() is not None:
         raise AssertionError(f"aggregate exited {proc.popen.returncode}:\n{proc.output()}")
-    raw = client.get(keys.state(0))
-    return "" if raw is None else checkpoint.decoder.decode(raw).last_id
+    raw = client.hget(keys.state(0), checkpoint.HEAD)
+    return "" if raw is None else checkpoint.head_decoder.decode(raw).last_id
 
 
 def _id(text: str) -> tuple[int, int]:
@@ -213,3 +213,45 @@ def test_in_progress_snapshots_go_to_the_updates_stream(redis_url: str, tmp_path
     assert updates
     assert all(not u.closed and u.revision == 0 for u in updates)
     assert all(v.closed for v in map(candle_view_decoder.decode, klines(client, keys)))
+
+
+def test_resume_replays_from_an_older_checkpoint(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the first write carries a checkpoint; the resumed worker replays up to the head and
+    goes on: the candle stream equals an uninterrupted run's."""
+
+    async def run_worker(client: aioredis.Redis, keys: Keys, steps: int | None) -> None:
+        settings = AggregateSettings(kline_intervals="1s,1m")  # type: ignore[arg-type]
+        worker = ShardAggregator(
+            client, keys, 0, core_config(settings), "linear", "me", 40, 10**6, 1000
+        )
+        await client.set(keys.lease("aggregate", 0), "me")
+        await worker.load()
+        done = 0
+        while (steps is None or done < steps) and await worker.step(block_ms=None):
+            done += 1
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
+        client.response_callbacks.pop("XREAD", None)
+        entries = prepared_entries(1500)
+        calm, resumed = Keys("calm"), Keys("resumed")
+        for keys in (calm, resumed):
+            for data in entries:
+                await client.xadd(keys.trades(0), {STREAM_FIELD: data})
+        await run_worker(client, calm, None)
+        monkeypatch.setattr(checkpoint, "CHECKPOINT_EVERY_S", 3600.0)
+        monkeypatch.setattr(checkpoint, "CHECKPOINT_MAX_S", 3600.0)
+        await run_worker(client, resumed, 20)  # a checkpoint at the first write only
+        head, saved = await client.hmget(resumed.state(0), [checkpoint.HEAD, checkpoint.CHECKPOINT])
+        head_id = checkpoint.head_decoder.decode(head).last_id
+        assert _id(checkpoint.decoder.decode(saved).last_id) < _id(head_id)
+        assert await client.xlen(resumed.klines(0)) > 0
+        await run_worker(client, resumed, None)
+        got = [f[STREAM_FIELD] for _, f in await client.xrange(resumed.klines(0))]
+        want = [f[STREAM_FIELD] for _, f in await client.xrange(calm.klines(0))]
+        assert got == want
+        await client.aclose()
+
+    asyncio.run(scenario())
