@@ -1,15 +1,37 @@
-"""Core candles to candle JSON (DESIGN §5): exact decimals from scaled integers."""
+"""Core candles to candle JSON (DESIGN §5): exact decimals from scaled integers.
+
+`CandleWriter.encode` is on the hot path (every candle written), so it fills a bytes template
+instead of building a `common.wire.Candle`: the symbol/interval head is cached per series and
+price texts per value (prices repeat a lot). The bytes equal `candle_encoder.encode(to_wire(c))`
+exactly (the field order of `common.wire.Candle`); tests/aggregate/test_output.py holds them to it.
+"""
 
 from __future__ import annotations
 
 import msgspec
 
 from aggregate.state import CoreCandle
-from common.decimals import PRODUCT_DIGITS, format_scaled
+from common.decimals import PRODUCT_DIGITS, SCALE_DIGITS, format_scaled
 from common.intervals import Interval
-from common.wire import Candle, candle_encoder, raw_number
+from common.wire import Candle, raw_number
 
 _CACHE_MAX = 100_000
+_ONE = 10**SCALE_DIGITS
+_TEMPLATE = (
+    b'%s%d,"open":%s,"high":%s,"low":%s,"close":%s,"volume":%s,"turnover":%s,'
+    b'"trade_count":%d,"buy_volume":%s,"sell_volume":%s,"closed":%s,"revision":%d,'
+    b'"source":"trades","category":%s,"gap":%s}'
+)
+
+
+def _scaled_bytes(value: int) -> bytes:
+    """format_scaled(value) as ASCII bytes, for the 12-digit scale."""
+    if value < 0:
+        return b"-" + _scaled_bytes(-value)
+    whole, frac = divmod(value, _ONE)
+    if frac == 0:
+        return b"%d" % whole
+    return b"%d.%s" % (whole, (b"%012d" % frac).rstrip(b"0"))
 
 
 class CandleWriter:
@@ -18,15 +40,35 @@ class CandleWriter:
     def __init__(self, intervals: tuple[Interval, ...], category: str) -> None:
         self._intervals = intervals
         self._category = category
-        self._texts: dict[int, msgspec.Raw] = {}  # prices and sizes repeat a lot
+        self._category_json = msgspec.json.encode(category)
+        self._texts: dict[int, bytes] = {}  # prices repeat a lot
+        self._heads: dict[tuple[str, int], bytes] = {}
 
-    def _text(self, value: int) -> msgspec.Raw:
+    def _text(self, value: int) -> bytes:
         text = self._texts.get(value)
         if text is None:
             if len(self._texts) > _CACHE_MAX:
                 self._texts.clear()
-            text = self._texts[value] = raw_number(format_scaled(value))
+            text = self._texts[value] = _scaled_bytes(value)
         return text
+
+    def _head(self, symbol: str, index: int) -> bytes:
+        key = (symbol, index)
+        head = self._heads.get(key)
+        if head is None:
+            if len(self._heads) > _CACHE_MAX:
+                self._heads.clear()
+            interval = self._intervals[index]
+            head = self._heads[key] = (
+                b'{"symbol":%s,"interval":%d,"interval_label":%s,'
+                % (
+                    msgspec.json.encode(symbol),
+                    interval.ms,
+                    msgspec.json.encode(interval.label),
+                )
+                + b'"timestamp":'
+            )
+        return head
 
     def to_wire(self, c: CoreCandle) -> Candle:
         interval = self._intervals[c.interval]
@@ -35,15 +77,15 @@ class CandleWriter:
             interval=interval.ms,
             interval_label=interval.label,
             timestamp=c.open_ms,
-            open=self._text(c.open),
-            high=self._text(c.high),
-            low=self._text(c.low),
-            close=self._text(c.close),
-            volume=self._text(c.volume),
+            open=raw_number(format_scaled(c.open)),
+            high=raw_number(format_scaled(c.high)),
+            low=raw_number(format_scaled(c.low)),
+            close=raw_number(format_scaled(c.close)),
+            volume=raw_number(format_scaled(c.volume)),
             turnover=raw_number(format_scaled(c.turnover, PRODUCT_DIGITS)),
             trade_count=c.trade_count,
-            buy_volume=self._text(c.buy_volume),
-            sell_volume=self._text(c.volume - c.buy_volume),
+            buy_volume=raw_number(format_scaled(c.buy_volume)),
+            sell_volume=raw_number(format_scaled(c.volume - c.buy_volume)),
             closed=c.closed,
             revision=c.revision,
             source="trades",
@@ -52,7 +94,31 @@ class CandleWriter:
         )
 
     def encode(self, c: CoreCandle) -> bytes:
-        return candle_encoder.encode(self.to_wire(c))
+        text = self._texts.get
+        if c.volume:  # sizes are positive: no volume, no turnover
+            volume = _scaled_bytes(c.volume)
+            buy = _scaled_bytes(c.buy_volume)
+            sell = _scaled_bytes(c.volume - c.buy_volume)
+            turnover = format_scaled(c.turnover, PRODUCT_DIGITS).encode()
+        else:
+            volume = buy = sell = turnover = b"0"
+        return _TEMPLATE % (
+            self._heads.get((c.symbol, c.interval)) or self._head(c.symbol, c.interval),
+            c.open_ms,
+            text(c.open) or self._text(c.open),
+            text(c.high) or self._text(c.high),
+            text(c.low) or self._text(c.low),
+            text(c.close) or self._text(c.close),
+            volume,
+            turnover,
+            c.trade_count,
+            buy,
+            sell,
+            b"true" if c.closed else b"false",
+            c.revision,
+            self._category_json,
+            b"true" if c.gap else b"false",
+        )
 
     def end_ms(self, c: CoreCandle) -> int:
         return self._intervals[c.interval].next_open(c.open_ms)
