@@ -1,6 +1,7 @@
 """`python -m bench [--smoke] [NAME...]`: run the benchmarks and print one markdown table.
 
 `--smoke` runs each briefly to prove it executes (CI); figures from a smoke run mean nothing.
+A module may also keep a list of text lines in `NOTES` (e.g. a profile); they follow the table.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def main() -> int:
     parser.add_argument("names", nargs="*", default=MODULES, help=f"any of {', '.join(MODULES)}")
     args = parser.parse_args()
     rows: list[Row] = []
+    notes: list[str] = []
     for name in args.names:
         try:
             module = importlib.import_module(f"bench.{name}")
@@ -32,10 +34,13 @@ def main() -> int:
             raise
         print(f"running bench.{name} ...", file=sys.stderr, flush=True)
         rows.extend(module.run(args.smoke))
+        notes.extend(getattr(module, "NOTES", []))
     stamp = time.strftime("%Y-%m-%d", time.gmtime())
     cpus = _cpu_model()
     print(f"\n{stamp}, {cpus}, Python {platform.python_version()}\n")
     print(table(rows))
+    if notes:
+        print("\n" + "\n".join(notes))
     return 0
 
 

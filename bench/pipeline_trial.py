@@ -1,0 +1,302 @@
+"""One end-to-end trial of bench.pipeline: the real processes on a private Redis, and probes.
+
+See bench/pipeline.py for what is measured and how "keeps up" is judged.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import redis
+
+from common.intervals import parse_intervals
+from common.wire import STREAM_FIELD, TradesEntry, entry_decoder
+from tests.ingest.e2e_support import Sim
+from tests.support.pipeline import PASSWORD, USER, Pipeline, wait_for_ws
+from tests.support.procs import python_module
+from tests.support.redisproc import RedisProcess, free_port
+
+INTERVALS = "1s,1m,5m,15m,1h,4h"
+INTERVALS_MS = [i.ms for i in parse_intervals(INTERVALS)]
+WAITER_MS = 80  # STREAMER_AGGREGATOR_WAITER_LATENCY_MS (the default, set explicitly)
+CLOCK_MS = 20  # STREAMER_CLOCK_INTERVAL_MS (the default)
+SHARDS = 4
+CONNECTIONS = 4  # STREAMER_BYBIT_SOCKET_POOL_SIZE: ingest's WebSocket connections
+RETENTION_S = 3600  # STREAMER_TRADES_RETENTION_S (the default)
+BOUND_MS = 1000  # the "keeps up" bound on each lag
+STAGES = ("ingest", "aggregate", "publish")
+
+
+class _Head(msgspec.Struct):
+    interval: int
+    timestamp: int
+    symbol: str
+    closed: bool = True
+    revision: int = 0
+
+
+_heads = msgspec.json.Decoder(list[_Head])
+
+
+@dataclass
+class Result:
+    symbols: int
+    asked: int
+    window_s: float
+    delivered: float = 0.0
+    trade_lag_ms: list[int] = field(default_factory=list)
+    agg_lag_ms: list[float] = field(default_factory=list)
+    delay_ms: list[int] = field(default_factory=list)
+    rss_mb: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+    redis_mb: float = 0.0
+    redis_hour_mb: float = 0.0
+    trades_per_entry: float = 0.0
+
+    def failures(self) -> list[str]:
+        """Why the pipeline fell behind the load it was given (empty: it kept up)."""
+        out = []
+        checks = (
+            ("trade-stream lag p99", pct(self.trade_lag_ms, 99)),
+            ("aggregator lag p99", pct(self.agg_lag_ms, 99)),
+            ("candle delay p99 − waiter", pct(self.delay_ms, 99) - WAITER_MS),
+        )
+        for what, value_ms in checks:
+            if value_ms > BOUND_MS:
+                out.append(f"{what} {value_ms:,.0f} ms > {BOUND_MS:,} ms")
+        return out
+
+    def short(self) -> bool:
+        """The load did not arrive: the simulator (on the same two cores) sent < 90 % of it."""
+        return self.delivered < 0.9 * self.asked
+
+    def busiest(self) -> str:
+        return ", ".join(f"{n} {c:.0%}" for n, c in sorted(self.cpu.items(), key=lambda x: -x[1]))
+
+
+def pct(values: list[int] | list[float], q: int) -> float:
+    if not values:
+        return math.inf
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1)])
+
+
+class _Arrivals:
+    """A WebSocket user (Basic auth) on a thread, keeping each frame with its arrival time."""
+
+    def __init__(self, port: int) -> None:
+        self.frames: list[tuple[int, bytes]] = []
+        self.error = ""
+        self._port = port
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="arrivals", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._receive()
+            except Exception as exc:  # kept for the warm-up's error message
+                self.error = repr(exc)
+                self._stop.wait(0.2)  # reconnect pacing
+
+    def _receive(self) -> None:
+        import base64
+
+        from websockets.sync.client import connect
+
+        token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        headers = {"Authorization": f"Basic {token}"}
+        url = f"ws://127.0.0.1:{self._port}/"
+        with connect(url, additional_headers=headers, open_timeout=5, max_size=None) as ws:
+            while not self._stop.is_set():
+                try:
+                    frame = ws.recv(timeout=0.2)
+                except TimeoutError:
+                    continue
+                now_ms = time.time_ns() // 1_000_000
+                data = frame.encode() if isinstance(frame, str) else frame
+                if data.startswith(b"["):
+                    self.frames.append((now_ms, data))
+
+    def delays(self, from_ms: int, to_ms: int) -> tuple[list[int], set[str]]:
+        out, symbols = [], set()
+        for arrival_ms, data in list(self.frames):
+            if not from_ms <= arrival_ms < to_ms:
+                continue
+            for head in _heads.decode(data):
+                if head.closed and head.revision == 0:
+                    out.append(arrival_ms - head.timestamp - head.interval)
+                    symbols.add(head.symbol)
+        return out, symbols
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def _metrics(port: int, tries: int = 3) -> dict[str, list[float]]:
+    """The process's Prometheus counters and gauges by name (empty if it did not answer)."""
+    out: dict[str, list[float]] = {}
+    for attempt in range(tries):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as answer:
+                text = answer.read().decode()
+            break
+        except OSError:
+            if attempt == tries - 1:
+                return out
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out.setdefault(name.split("{", 1)[0], []).append(float(value))
+    return out
+
+
+def _proc_status(pid: int, field_name: str) -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) / 1024  # kB → MB
+    return 0.0
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, clock ticks (USER_HZ)
+
+
+def _trade_lags(client: redis.Redis, pipe: Pipeline) -> list[int]:
+    lags = []
+    for shard in range(SHARDS):
+        tail: Any = client.xrevrange(pipe.keys.trades(shard), count=20)
+        for entry_id, fields in tail:
+            entry = entry_decoder.decode(fields[STREAM_FIELD])
+            if isinstance(entry, TradesEntry) and entry.trades:
+                id_ms = int(entry_id.split(b"-", 1)[0])
+                lags.append(id_ms - max(t.time_ms for t in entry.trades))
+    return lags
+
+
+class Run:
+    """One pipeline on its own Redis and simulator; stopped by `close`."""
+
+    def __init__(self, tmp: Path, symbols: int, rate: int, profile: str | None) -> None:
+        self.tmp = tmp
+        self.server = RedisProcess(tmp / "redis").start()
+        self.client = self.server.client()
+        self.arrivals: _Arrivals | None = None
+        self.profile_path = tmp / f"{profile}.prof"
+        self.ports = {stage: free_port() for stage in STAGES}
+        try:
+            self._start(symbols, rate, profile)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, symbols: int, rate: int, profile: str | None) -> None:
+        sim_args = ("--port", "0", "--symbols", str(symbols), "--rate", str(rate), "--seed", "7")
+        sim_proc = python_module("simulator", *sim_args, env={}, log_path=self.tmp / "sim.log")
+        sim = Sim(sim_proc, "", "", self.tmp / "no-ledger")
+        self.pipe = Pipeline(self.tmp, self.server.url, sim, SHARDS, INTERVALS, _env())
+        sim_proc.wait_output("simulator ready", 30)
+        ws_url, rest_url = sim_proc.output().split("simulator ready ", 1)[1].split()[:2]
+        self.pipe.sim.ws_url, self.pipe.sim.rest_url = ws_url, rest_url
+        for stage in STAGES:
+            args: tuple[str, ...] = ()
+            module = stage
+            if stage == profile:
+                module, args = "cProfile", ("-o", str(self.profile_path), "-m", stage)
+            self.pipe.start(module, stage, *args, STREAMER_METRICS_PORT=str(self.ports[stage]))
+            if stage == "publish":
+                wait_for_ws(self.pipe.ws_port)
+                self.arrivals = _Arrivals(self.pipe.ws_port)
+
+    def pids(self) -> dict[str, int]:
+        pids = {name: proc.pid for name, proc in self.pipe.procs.items()}
+        pids["simulator"] = self.pipe.sim.proc.pid
+        if self.server.proc is not None:
+            pids["redis"] = self.server.proc.pid
+        return pids
+
+    def warm_up(self, timeout_s: float = 60) -> None:
+        assert self.arrivals is not None
+        deadline = time.monotonic() + timeout_s
+        while not self.arrivals.frames:  # the first closed 1s candle reached the user
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"{n}: {p.output()[-800:]}" for n, p in self.pipe.procs.items())
+                raise RuntimeError(f"no candle reached the WebSocket user ({self.arrivals.error})"
+                                   f"\n{logs}")  # fmt: skip
+            time.sleep(0.1)
+        time.sleep(1.0)
+
+    def measure(self, result: Result) -> None:
+        pids = self.pids()
+        trades_0 = _metrics(self.ports["ingest"]).get("streamer_ingest_trades_total", [0.0])[0]
+        entries_0 = _metrics(self.ports["ingest"]).get(
+            "streamer_ingest_entries_written_total", [0.0]
+        )[0]
+        cpu_0 = {name: _cpu_s(pid) for name, pid in pids.items()}
+        start_ms, start = time.time_ns() // 1_000_000, time.monotonic()
+        while time.monotonic() - start < result.window_s:
+            time.sleep(0.5)
+            result.trade_lag_ms += _trade_lags(self.client, self.pipe)
+            result.agg_lag_ms += _metrics(self.ports["aggregate"]).get(
+                "streamer_aggregate_stream_lag_ms", []
+            )
+        elapsed = time.monotonic() - start
+        ingest = _metrics(self.ports["ingest"])
+        trades = ingest.get("streamer_ingest_trades_total", [0.0])[0] - trades_0
+        entries = ingest.get("streamer_ingest_entries_written_total", [0.0])[0] - entries_0
+        result.delivered = trades / elapsed
+        result.trades_per_entry = trades / max(entries, 1)
+        result.cpu = {name: (_cpu_s(pid) - cpu_0[name]) / elapsed for name, pid in pids.items()}
+        result.rss_mb = {name: _proc_status(pid, "VmHWM") for name, pid in pids.items()}
+        assert self.arrivals is not None
+        result.delay_ms, seen = self.arrivals.delays(start_ms, start_ms + int(elapsed * 1000))
+        self._memory(result, entries / elapsed, len(seen))
+
+    def _memory(self, result: Result, entries_per_s: float, symbols: int) -> None:
+        """Redis now, and after an hour of retention: bytes per trade-stream entry and per
+        candle entry measured here, times the entries an hour at this rate adds (extrapolated)."""
+        used = int(self.client.info("memory")["used_memory"])
+        sizes = {"trades": [0, 0], "klines": [0, 0]}
+        for shard in range(SHARDS):
+            for kind, key in (("trades", self.pipe.keys.trades(shard)),
+                              ("klines", self.pipe.keys.klines(shard))):  # fmt: skip
+                sizes[kind][0] += int(self.client.xlen(key))
+                sizes[kind][1] += int(self.client.memory_usage(key, samples=0) or 0)
+        per_entry = {kind: size / max(count, 1) for kind, (count, size) in sizes.items()}
+        candles_hour = symbols * sum(3_600_000 / ms for ms in INTERVALS_MS)
+        hour = (per_entry["trades"] * entries_per_s * RETENTION_S
+                + per_entry["klines"] * candles_hour)  # fmt: skip
+        result.redis_mb = used / 2**20
+        result.redis_hour_mb = (used - sizes["trades"][1] - sizes["klines"][1] + hour) / 2**20
+
+    def close(self) -> None:
+        if self.arrivals is not None:
+            self.arrivals.stop()
+        if hasattr(self, "pipe"):
+            self.pipe.stop_all()
+            self.pipe.sim.proc.stop()
+        self.client.close()
+        self.server.stop()
+
+
+def _env() -> dict[str, str]:
+    return {
+        "STREAMER_AGGREGATOR_WAITER_LATENCY_MS": str(WAITER_MS),
+        "STREAMER_CLOCK_INTERVAL_MS": str(CLOCK_MS),
+        "STREAMER_BYBIT_SOCKET_POOL_SIZE": str(CONNECTIONS),
+        "STREAMER_TRADES_RETENTION_S": str(RETENTION_S),
+        "STREAMER_LEASE_TTL_MS": "3000",
+        "STREAMER_LOG_LEVEL": "WARNING",
+    }
