@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -80,13 +81,19 @@ async def write_meta(redis: aioredis.Redis, keys: Keys, settings: IngestSettings
     )
 
 
-async def run(settings: IngestSettings, symbols: list[str], stop: asyncio.Event) -> None:
+Serve = Callable[[IngestSettings, list[str], aioredis.Redis, Keys, asyncio.Event], Awaitable[None]]
+
+
+async def run(
+    settings: IngestSettings, symbols: list[str], stop: asyncio.Event, serve: Serve | None = None
+) -> None:
+    """Wait for Redis, describe the pipeline in `<p>:meta`, then serve (trades by default)."""
     keys = Keys(settings.redis_prefix)
     redis = connect(settings)
     try:
         if await wait_for_redis(redis, settings.redis_url, stop):
             await write_meta(redis, keys, settings)
-            await _serve(settings, symbols, redis, keys, stop)
+            await (serve or _serve)(settings, symbols, redis, keys, stop)
     finally:
         await redis.aclose()
 

@@ -25,9 +25,9 @@ from common.leases import ShardClaimer
 from common.lifecycle import TaskSet, until_stopped
 from common.logs import RateLimitedLog
 from common.metrics import serve_metrics
-from common.redisconn import connect
 from common.settings import IngestSettings
 from common.sharding import shard_of
+from ingest import service as ingest_service
 from ingest.klines import metrics
 from ingest.klines.frames import decode_frame, item_candle, parse_topic, topic
 from ingest.klines.rest import KlineRest
@@ -35,7 +35,6 @@ from ingest.klines.series import Fetch, ShardKlines
 from ingest.klines.store import KlineStore
 from ingest.pool import Pool
 from ingest.rest import fetch_instruments
-from ingest.service import wait_for_redis, write_meta
 from ingest.symbols import refreshed_symbols
 
 log = logging.getLogger(__name__)
@@ -288,14 +287,7 @@ def warn_ignored_settings(settings: IngestSettings) -> None:
 
 async def run(settings: IngestSettings, symbols: list[str], stop: asyncio.Event) -> None:
     warn_ignored_settings(settings)
-    keys = Keys(settings.redis_prefix)
-    redis = connect(settings)
-    try:
-        if await wait_for_redis(redis, settings.redis_url, stop):
-            await write_meta(redis, keys, settings)
-            await _serve(settings, symbols, redis, keys, stop)
-    finally:
-        await redis.aclose()
+    await ingest_service.run(settings, symbols, stop, serve=_serve)
 
 
 async def _serve(
