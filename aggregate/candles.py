@@ -90,13 +90,10 @@ def _merge(lv: Level, src: Level) -> None:
     lv.buy += src.buy
 
 
-def _next_end(levels: list[Level]) -> int:
-    """The earliest end among active levels."""
-    end = NEVER
-    for lv in levels:
-        if lv.active and lv.end_ms < end:
-            end = lv.end_ms
-    return end
+def _known(prev: int | None) -> int:
+    if prev is None:  # pragma: no cover - a first candle always holds its first trade
+        raise AssertionError("empty candle without a previous close")
+    return prev
 
 
 def _reset(lv: Level) -> None:
@@ -120,6 +117,7 @@ class CandleCore:
         self._bybit = config.open_at_previous_close
         self._emit_empty = config.emit_empty
         self._max_len = max(level.max_len_ms for level in self.plan)
+        self._updates_ms = config.updates_ms
         self.state = state if state is not None else CoreState()
         self._dirty: dict[str, None] = dict.fromkeys(self.state.dirty)
         self._ids: dict[str, dict[int, set[str]]] = {}
@@ -175,7 +173,7 @@ class CandleCore:
                 )
         if t_last > sym.max_t:
             sym.max_t = t_last
-        if self.config.updates_ms:
+        if self._updates_ms:
             self._dirty[symbol] = None
         self._advance_time(t_last)
 
@@ -388,30 +386,33 @@ class CandleCore:
         st = self.state
         if now > st.now_ms:
             st.now_ms = now
-        heap = st.heap
-        if heap and heap[0][0] <= st.now_ms:
+        deadlines = st.deadlines
+        if deadlines and deadlines[0] <= st.now_ms:
             self._pop_due(st.now_ms)
         if self.config.updates_ms and st.now_ms // self.config.updates_ms > st.update_tick:
             st.update_tick = st.now_ms // self.config.updates_ms
             self._snapshots()
 
     def _pop_due(self, now: int) -> None:
+        """Close what is due, deadline by deadline, symbols of one deadline in name order."""
         st = self.state
-        heap = st.heap
+        deadlines = st.deadlines
         symbols = st.symbols
         boundary = now - self._latency
-        while heap and heap[0][0] <= now:
-            deadline, name = heapq.heappop(heap)
-            sym = symbols[name]
-            if sym.deadline != deadline:
-                continue
-            sym.deadline = -1
-            self._advance(name, sym, boundary)
-            if sym.gaps or len(self._ids.get(name, ())) > _KEEP_BUCKETS:
-                self._prune(name, sym)
-            if sym.next_end < NEVER:
-                sym.deadline = sym.next_end + self._latency
-                heapq.heappush(heap, (sym.deadline, name))
+        while deadlines and deadlines[0] <= now:
+            deadline = heapq.heappop(deadlines)
+            names = st.due.pop(deadline)
+            if len(names) > 1:
+                names.sort()
+            for name in names:
+                sym = symbols[name]
+                if sym.deadline != deadline:
+                    continue  # rescheduled since
+                sym.deadline = -1
+                self._advance(name, sym, boundary)
+                if sym.gaps or len(self._ids.get(name, ())) > _KEEP_BUCKETS:
+                    self._prune(name, sym)
+                self._schedule(name, sym)
 
     def _schedule(self, name: str, sym: SymbolState) -> None:
         if sym.next_end >= NEVER:
@@ -419,14 +420,23 @@ class CandleCore:
         deadline = sym.next_end + self._latency
         if deadline != sym.deadline:
             sym.deadline = deadline
-            heapq.heappush(self.state.heap, (deadline, name))
+            due = self.state.due
+            names = due.get(deadline)
+            if names is None:
+                due[deadline] = [name]
+                heapq.heappush(self.state.deadlines, deadline)
+            else:
+                names.append(name)
 
     def _advance(self, name: str, sym: SymbolState, boundary: int) -> None:
         """Close every candle of `sym` that ends at or before `boundary`, finest level first."""
+        end = NEVER
         for k, lv in enumerate(sym.levels):
             while lv.active and lv.end_ms <= boundary:
                 self._close(name, sym, k)
-        sym.next_end = _next_end(sym.levels)
+            if lv.active and lv.end_ms < end:  # closing folds only into coarser levels
+                end = lv.end_ms
+        sym.next_end = end
 
     def _render(
         self, cnt: int, fp: int, lp: int, hi: int, lo: int, prev: int | None
@@ -444,7 +454,15 @@ class CandleCore:
         plan = self.plan[k]
         cnt = lv.cnt
         if plan.visible >= 0:
-            o, h, low, c = self._render(cnt, lv.fp, lv.lp, lv.hi, lv.lo, lv.prev_close)
+            prev = lv.prev_close
+            if cnt == 0:
+                o = h = low = c = _known(prev)
+            elif prev is not None and self._bybit:
+                o, h, low, c = prev, (lv.hi if lv.hi > prev else prev), lv.lo, lv.lp
+                if prev < low:
+                    low = prev
+            else:
+                o, h, low, c = lv.fp, lv.hi, lv.lo, lv.lp
             gap = bool(sym.gaps) and self._overlaps_gap(sym, lv.open_ms, lv.end_ms)
             shown = not lv.partial and (cnt > 0 or self._emit_empty)
             if shown:
@@ -456,13 +474,14 @@ class CandleCore:
                     )
                 )  # fmt: skip
             if self._window:
-                lv.records.append(
+                records = lv.records
+                records.append(
                     Record(
                         lv.open_ms, lv.end_ms, cnt, lv.ft, lv.fp, lv.lt, lv.lp, lv.hi, lv.lo,
                         lv.vol, lv.turn, lv.buy, lv.partial, gap, 0 if shown else -1, o, h, low, c,
                     )
                 )  # fmt: skip
-                if len(lv.records) > _KEEP_RECORDS:
+                if len(records) > _KEEP_RECORDS:
                     self._prune_records(lv)
             lv.prev_close = c
         elif cnt:
@@ -470,16 +489,17 @@ class CandleCore:
         if cnt:
             for consumer in self._consumers[k]:
                 self._fold(name, sym, consumer, lv)
-        lv.closed_until = lv.end_ms
+        lv.closed_until = end = lv.end_ms
         if self._emit_empty:
-            lv.open_ms = lv.end_ms
-            lv.end_ms = plan.next_open(lv.open_ms)
+            lv.open_ms = end
+            lv.end_ms = plan.next_open(end)
             lv.partial = False
         else:
             lv.active = False
         lv.cnt = lv.vol = lv.turn = lv.buy = 0
 
     def _fold(self, name: str, sym: SymbolState, k: int, src: Level) -> None:
+        """Fold the closed candle `src` (a finer level's) into level `k`'s open candle."""
         lv = sym.levels[k]
         while lv.active and lv.end_ms <= src.open_ms:
             self._close(name, sym, k)
@@ -489,11 +509,24 @@ class CandleCore:
             lv.end_ms = plan.next_open(lv.open_ms)
             lv.active = True
             lv.partial = False
-        _merge(lv, src)
+        if lv.cnt == 0:
+            lv.ft, lv.fp, lv.hi, lv.lo = src.ft, src.fp, src.hi, src.lo
+        else:
+            if src.hi > lv.hi:
+                lv.hi = src.hi
+            if src.lo < lv.lo:
+                lv.lo = src.lo
+        lv.lt, lv.lp = src.lt, src.lp
+        lv.cnt += src.cnt
+        lv.vol += src.vol
+        lv.turn += src.turn
+        lv.buy += src.buy
 
     def _prune_records(self, lv: Level) -> None:
         records = lv.records
         horizon = self.state.now_ms - self._window
+        if records[0].end_ms > horizon:
+            return
         count = 0
         for record in records:
             if record.end_ms > horizon:

@@ -27,7 +27,7 @@ from aggregate.candles import CoreConfig
 from aggregate.state import CoreState
 from common.leases import FENCE_LUA
 
-VERSION = 2
+VERSION = 3
 CHECKPOINT_EVERY_S = 1.0
 CHECKPOINT_MAX_S = 5.0
 HEAD = "head"

@@ -83,7 +83,8 @@ class Counters(msgspec.Struct, array_like=True, gc=False):
 class CoreState(msgspec.Struct, array_like=True, gc=False):
     now_ms: int = -1  # stream time: max of trade times and clock entries seen
     symbols: dict[str, SymbolState] = msgspec.field(default_factory=dict)
-    heap: list[tuple[int, str]] = msgspec.field(default_factory=list)
+    due: dict[int, list[str]] = msgspec.field(default_factory=dict)  # deadline -> symbols
+    deadlines: list[int] = msgspec.field(default_factory=list)  # a heap of the keys of `due`
     dirty: list[str] = msgspec.field(default_factory=list)
     update_tick: int = 0
     counters: Counters = msgspec.field(default_factory=Counters)
