@@ -6,6 +6,7 @@ See bench/pipeline.py for what is measured and how "keeps up" is judged.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 import urllib.request
@@ -59,6 +60,8 @@ class Result:
     redis_mb: float = 0.0
     redis_hour_mb: float = 0.0
     trades_per_entry: float = 0.0
+    entry_bytes: dict[str, float] = field(default_factory=dict)  # per stream entry: trades, klines
+    load_1m: float = 0.0  # the machine's load average at the end (others share it)
 
     def failures(self) -> list[str]:
         """Why the pipeline fell behind the load it was given (empty: it kept up)."""
@@ -253,6 +256,7 @@ class Run:
                 "streamer_aggregate_stream_lag_ms", []
             )
         elapsed = time.monotonic() - start
+        result.load_1m = os.getloadavg()[0]
         ingest = _metrics(self.ports["ingest"])
         trades = ingest.get("streamer_ingest_trades_total", [0.0])[0] - trades_0
         entries = ingest.get("streamer_ingest_entries_written_total", [0.0])[0] - entries_0
@@ -275,6 +279,7 @@ class Run:
                 sizes[kind][0] += int(self.client.xlen(key))
                 sizes[kind][1] += int(self.client.memory_usage(key, samples=0) or 0)
         per_entry = {kind: size / max(count, 1) for kind, (count, size) in sizes.items()}
+        result.entry_bytes = per_entry
         candles_hour = symbols * sum(3_600_000 / ms for ms in INTERVALS_MS)
         hour = (per_entry["trades"] * entries_per_s * RETENTION_S
                 + per_entry["klines"] * candles_hour)  # fmt: skip

@@ -35,6 +35,8 @@ PIPELINE_500_ONLY = (
     "CPU simulator",
     "CPU redis",
     "trades per trade-stream entry",
+    "Redis bytes per trades stream entry",
+    "Redis bytes per klines stream entry",
     "Redis after 1 h of stream time (extrapolated)",
 )
 
