@@ -24,107 +24,20 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left
 from collections.abc import Sequence
-from dataclasses import dataclass
-from itertools import compress, islice
-from operator import attrgetter, le, mul
+from itertools import compress
+from operator import mul
 
-from aggregate.plan import LevelPlan, plan_levels
-from aggregate.state import NEVER, CoreCandle, CoreState, Level, Record, SymbolState
-from common.intervals import Interval
+from aggregate.corebase import KEEP_BUCKETS, CoreConfig, add_one, ascending, known
+from aggregate.revisions import LateTrades
+from aggregate.state import NEVER, CoreCandle, Level, Record, SymbolState
 
-_OPEN = attrgetter("open_ms")
+__all__ = ["CandleCore", "CoreConfig"]
+
 _KEEP_RECORDS = 8  # closed candles per level before expired ones are dropped (they are inert)
-_KEEP_BUCKETS = (
-    8  # id sets per symbol before expired ones are looked for (keeping more is harmless)
-)
 
 
-@dataclass(frozen=True, slots=True)
-class CoreConfig:
-    intervals: tuple[Interval, ...]
-    waiter_latency_ms: int = 80  # 0 = waiter mode off: a candle closes at its end
-    revision_window_ms: int = 10_000
-    open_at_previous_close: bool = True  # Bybit's rule; False = open at the first trade
-    emit_empty: bool = True
-    updates_ms: int = 0  # > 0: snapshots of changed in-progress candles at this stream period
-
-
-def _ascending(times: Sequence[int]) -> bool:
-    return all(map(le, times, islice(times, 1, None)))
-
-
-def _add_one(lv: Level | Record, t: int, p: int, s: int, buy: bool) -> None:
-    """Add one trade; `t` ties go after what is there (it arrived later)."""
-    if lv.cnt == 0:
-        lv.ft = lv.lt = t
-        lv.fp = lv.lp = lv.hi = lv.lo = p
-    else:
-        if t < lv.ft:
-            lv.ft, lv.fp = t, p
-        if t >= lv.lt:
-            lv.lt, lv.lp = t, p
-        if p > lv.hi:
-            lv.hi = p
-        if p < lv.lo:
-            lv.lo = p
-    lv.cnt += 1
-    lv.vol += s
-    lv.turn += s * p
-    if buy:
-        lv.buy += s
-
-
-def _merge(lv: Level, src: Level) -> None:
-    """Fold `src` (a later stretch of time) into `lv`."""
-    if lv.cnt == 0:
-        lv.ft, lv.fp, lv.hi, lv.lo = src.ft, src.fp, src.hi, src.lo
-    else:
-        if src.hi > lv.hi:
-            lv.hi = src.hi
-        if src.lo < lv.lo:
-            lv.lo = src.lo
-    lv.lt, lv.lp = src.lt, src.lp
-    lv.cnt += src.cnt
-    lv.vol += src.vol
-    lv.turn += src.turn
-    lv.buy += src.buy
-
-
-def _known(prev: int | None) -> int:
-    if prev is None:  # pragma: no cover - a first candle always holds its first trade
-        raise AssertionError("empty candle without a previous close")
-    return prev
-
-
-def _reset(lv: Level) -> None:
-    lv.cnt = lv.vol = lv.turn = lv.buy = 0
-
-
-class CandleCore:
+class CandleCore(LateTrades):
     """One shard's candles for every symbol and interval, from one pass over its stream."""
-
-    def __init__(self, config: CoreConfig, state: CoreState | None = None) -> None:
-        self.config = config
-        self.plan: list[LevelPlan] = plan_levels(config.intervals)
-        self._consumers: list[list[int]] = [[] for _ in self.plan]
-        for index, level in enumerate(self.plan):
-            if level.feeder >= 0:
-                self._consumers[level.feeder].append(index)
-        self._feeders = [level.feeder for level in self.plan]
-        self._base_ms = self.plan[0].fixed_ms
-        self._latency = config.waiter_latency_ms
-        self._window = config.revision_window_ms
-        self._bybit = config.open_at_previous_close
-        self._emit_empty = config.emit_empty
-        self._max_len = max(level.max_len_ms for level in self.plan)
-        self._updates_ms = config.updates_ms
-        self.state = state if state is not None else CoreState()
-        self._dirty: dict[str, None] = dict.fromkeys(self.state.dirty)
-        self._ids: dict[str, dict[int, set[str]]] = {}
-        self._touched: dict[int, set[int]] = {}  # level -> opens of records changed by late trades
-        self.out: list[CoreCandle] = []
-
-    # ----------------------------------------------------------------- inputs
 
     def trades(
         self,
@@ -157,7 +70,7 @@ class CandleCore:
             self._add(symbol, base, times, prices, sizes, buys, ids)
         else:
             t_last = max(times)
-            if n == 1 or _ascending(times):
+            if n == 1 or ascending(times):
                 self._feed_sorted(symbol, sym, times, prices, sizes, buys, ids)
             else:  # out of order inside one message: one trade at a time, as if sent so
                 for i in range(n - 1):
@@ -180,57 +93,6 @@ class CandleCore:
     def clock(self, time_ms: int) -> None:
         """Ingest's clock: everything it received before `time_ms` is already in the stream."""
         self._advance_time(time_ms)
-
-    def gap(self, symbols: Sequence[str], from_ms: int, to_ms: int) -> None:
-        """Trades of `symbols` (all, if empty) in [from_ms, to_ms] may be missing."""
-        st = self.state
-        horizon = st.now_ms - self._window
-        for name in symbols or list(st.symbols):
-            sym = st.symbols.get(name)
-            if sym is None:
-                continue
-            sym.gaps.append((from_ms, to_ms))
-            for k, lv in enumerate(sym.levels):
-                for r in lv.records:
-                    if (
-                        r.end_ms > horizon
-                        and not r.gap
-                        and from_ms < r.end_ms
-                        and to_ms >= r.open_ms
-                    ):
-                        r.gap = True
-                        if not r.partial and (r.cnt or self._emit_empty):
-                            r.revision += 1
-                            st.counters.revisions += 1
-                            self._emit_record(name, k, r)
-
-    def seed(self, symbol: str, start_ms: int, prev_close: int) -> None:
-        """Warm start: `symbol`'s stream is complete from `start_ms` on, after a last price.
-
-        Candles that open exactly at `start_ms` are then full candles (emitted); trades before
-        `start_ms` are not ours. Used to compare with exchange klines from a known boundary.
-        """
-        self._new_symbol(symbol, start_ms, prev_close)
-
-    def remember_ids(self, symbol: str, times: Sequence[int], ids: Sequence[str]) -> None:
-        """Rebuild the duplicate filter after a resume, from trades already aggregated."""
-        sym = self.state.symbols.get(symbol)
-        if sym is None:
-            return
-        for t, trade_id in zip(times, ids, strict=True):
-            o = t - t % self._base_ms
-            if not self._bucket_expired(sym, o):
-                self._bucket(symbol, o).add(trade_id)
-
-    def take(self) -> list[CoreCandle]:
-        out, self.out = self.out, []
-        return out
-
-    def export_state(self) -> CoreState:
-        self.state.dirty = list(self._dirty)
-        return self.state
-
-    # ------------------------------------------------------------ trade paths
 
     def _add(
         self,
@@ -299,7 +161,7 @@ class CandleCore:
                 self.state.counters.duplicates += 1
                 continue
             seen.add(trade_id)
-            _add_one(lv, times[i], prices[i], sizes[i], buys[i])
+            add_one(lv, times[i], prices[i], sizes[i], buys[i])
 
     def _feed_sorted(
         self,
@@ -325,7 +187,7 @@ class CandleCore:
             t = times[i]
             if t >= sym.next_end:
                 self._advance(name, sym, t)
-                if sym.gaps or len(self._ids.get(name, ())) > _KEEP_BUCKETS:
+                if sym.gaps or len(self._ids.get(name, ())) > KEEP_BUCKETS:
                     self._prune(name, sym)
             if not base.active:
                 base.open_ms = base_plan.floor(t)
@@ -341,46 +203,6 @@ class CandleCore:
                 self._add(name, base, times[i:j], prices[i:j], sizes[i:j], buys[i:j], ids[i:j])
             i = j
         self._schedule(name, sym)
-
-    def _late(
-        self, name: str, sym: SymbolState, t: int, p: int, s: int, buy: bool, trade_id: str
-    ) -> None:
-        st = self.state
-        if st.now_ms - t > self._window or t < sym.start_floor:
-            st.counters.dropped += 1
-            return
-        seen = self._bucket(name, t - t % self._base_ms)
-        if trade_id in seen:
-            st.counters.duplicates += 1
-            return
-        seen.add(trade_id)
-        st.counters.late += 1
-        proven = max(sym.max_t, st.now_ms - self._latency)
-        held = [False] * len(sym.levels)
-        for k, lv in enumerate(sym.levels):
-            feeder = self._feeders[k]
-            if feeder >= 0 and held[feeder]:
-                held[k] = True
-            elif lv.active and t >= lv.open_ms:
-                _add_one(lv, t, p, s, buy)
-                held[k] = True
-            elif k and not lv.active and t >= lv.closed_until:
-                plan = self.plan[k]
-                o = plan.floor(t)
-                e = plan.next_open(o)
-                if e > proven:
-                    lv.open_ms, lv.end_ms, lv.active, lv.partial = o, e, True, False
-                    _reset(lv)
-                    _add_one(lv, t, p, s, buy)
-                    held[k] = True
-                else:
-                    self._revise(name, sym, k, t, p, s, buy)
-            elif self.plan[k].visible >= 0:
-                self._revise(name, sym, k, t, p, s, buy)
-        sym.next_end = min((lv.end_ms for lv in sym.levels if lv.active), default=NEVER)
-        self._schedule(name, sym)
-
-    # --------------------------------------------------------- closing candles
 
     def _advance_time(self, now: int) -> None:
         st = self.state
@@ -410,23 +232,9 @@ class CandleCore:
                     continue  # rescheduled since
                 sym.deadline = -1
                 self._advance(name, sym, boundary)
-                if sym.gaps or len(self._ids.get(name, ())) > _KEEP_BUCKETS:
+                if sym.gaps or len(self._ids.get(name, ())) > KEEP_BUCKETS:
                     self._prune(name, sym)
                 self._schedule(name, sym)
-
-    def _schedule(self, name: str, sym: SymbolState) -> None:
-        if sym.next_end >= NEVER:
-            return
-        deadline = sym.next_end + self._latency
-        if deadline != sym.deadline:
-            sym.deadline = deadline
-            due = self.state.due
-            names = due.get(deadline)
-            if names is None:
-                due[deadline] = [name]
-                heapq.heappush(self.state.deadlines, deadline)
-            else:
-                names.append(name)
 
     def _advance(self, name: str, sym: SymbolState, boundary: int) -> None:
         """Close every candle of `sym` that ends at or before `boundary`, finest level first."""
@@ -438,17 +246,6 @@ class CandleCore:
                 end = lv.end_ms
         sym.next_end = end
 
-    def _render(
-        self, cnt: int, fp: int, lp: int, hi: int, lo: int, prev: int | None
-    ) -> tuple[int, int, int, int]:
-        if cnt == 0:
-            if prev is None:  # pragma: no cover - a first candle always holds its first trade
-                raise AssertionError("empty candle without a previous close")
-            return prev, prev, prev, prev
-        if self._bybit and prev is not None:
-            return prev, (hi if hi > prev else prev), (lo if lo < prev else prev), lp
-        return fp, hi, lo, lp
-
     def _close(self, name: str, sym: SymbolState, k: int) -> None:
         lv = sym.levels[k]
         plan = self.plan[k]
@@ -456,7 +253,7 @@ class CandleCore:
         if plan.visible >= 0:
             prev = lv.prev_close
             if cnt == 0:
-                o = h = low = c = _known(prev)
+                o = h = low = c = known(prev)
             elif prev is not None and self._bybit:
                 o, h, low, c = prev, (lv.hi if lv.hi > prev else prev), lv.lo, lv.lp
                 if prev < low:
@@ -521,175 +318,3 @@ class CandleCore:
         lv.vol += src.vol
         lv.turn += src.turn
         lv.buy += src.buy
-
-    def _prune_records(self, lv: Level) -> None:
-        records = lv.records
-        horizon = self.state.now_ms - self._window
-        if records[0].end_ms > horizon:
-            return
-        count = 0
-        for record in records:
-            if record.end_ms > horizon:
-                break
-            count += 1
-        if count:
-            lv.pruned_close = records[count - 1].c
-            del records[:count]
-
-    def _bucket(self, name: str, open_ms: int) -> set[str]:
-        buckets = self._ids.get(name)
-        if buckets is None:
-            buckets = self._ids[name] = {}
-        seen = buckets.get(open_ms)
-        if seen is None:
-            seen = buckets[open_ms] = set()
-        return seen
-
-    def _bucket_expired(self, sym: SymbolState, open_ms: int) -> bool:
-        """No trade of this base candle can be taken any more: its ids may be forgotten."""
-        end = open_ms + self._base_ms
-        return end <= self.state.now_ms - self._window and end <= self._base_limit(sym)
-
-    def _base_limit(self, sym: SymbolState) -> int:
-        """Trades before this time are late: their base-grid candle has closed.
-
-        A dormant base (empty candles skipped) has candles that closed without ever opening:
-        those that end by the proven time.
-        """
-        base = sym.levels[0]
-        if base.active:
-            return base.open_ms
-        proven = max(sym.max_t, self.state.now_ms - self._latency)
-        return max(base.closed_until, self.plan[0].floor(proven))
-
-    def _prune(self, name: str, sym: SymbolState) -> None:
-        buckets = self._ids.get(name)
-        if buckets and len(buckets) > _KEEP_BUCKETS:
-            for open_ms in [o for o in buckets if self._bucket_expired(sym, o)]:
-                del buckets[open_ms]
-        if sym.gaps:
-            horizon = self.state.now_ms - self._window - self._max_len
-            sym.gaps = [g for g in sym.gaps if g[1] >= horizon]
-
-    @staticmethod
-    def _overlaps_gap(sym: SymbolState, open_ms: int, end_ms: int) -> bool:
-        return any(start < end_ms and stop >= open_ms for start, stop in sym.gaps)
-
-    # --------------------------------------------------------------- revisions
-
-    def _revise(
-        self, name: str, sym: SymbolState, k: int, t: int, p: int, s: int, buy: bool
-    ) -> None:
-        """A late trade for a closed candle of level `k`: correct it and what derives from it."""
-        lv = sym.levels[k]
-        plan = self.plan[k]
-        o = plan.floor(t)
-        records = lv.records
-        i = bisect_left(records, o, key=_OPEN)
-        if i < len(records) and records[i].open_ms == o:
-            _add_one(records[i], t, p, s, buy)
-        else:
-            e = plan.next_open(o)
-            gap = bool(sym.gaps) and self._overlaps_gap(sym, o, e)
-            record = Record(o, e, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, False, gap, -1, 0, 0, 0, 0)
-            _add_one(record, t, p, s, buy)
-            records.insert(i, record)
-        self._touched.setdefault(k, set()).add(o)
-
-    def _flush_revisions(self, name: str, sym: SymbolState) -> None:
-        """Emit each candle the late trades of one message changed, once, and what follows."""
-        for k in sorted(self._touched):
-            self._rerender(name, sym.levels[k], k, self._touched[k])
-        self._touched.clear()
-
-    def _rerender(self, name: str, lv: Level, k: int, touched: set[int]) -> None:
-        records = lv.records
-        i = bisect_left(records, min(touched), key=_OPEN)
-        last_touched = max(touched)
-        prev = records[i - 1].c if i else lv.pruned_close
-        for j in range(i, len(records)):
-            r = records[j]
-            o, h, low, c = self._render(r.cnt, r.fp, r.lp, r.hi, r.lo, prev)
-            changed = r.open_ms in touched or (o, h, low, c) != (r.o, r.h, r.l, r.c)
-            if not changed:
-                if r.open_ms > last_touched:
-                    break
-                prev = c
-                continue
-            close_changed = c != r.c
-            r.o, r.h, r.l, r.c = o, h, low, c
-            if not r.partial and (r.cnt or self._emit_empty):
-                r.revision += 1
-                if r.revision:
-                    self.state.counters.revisions += 1
-                else:
-                    self.state.counters.candles += 1
-                self._emit_record(name, k, r)
-            prev = c
-            if not close_changed and r.open_ms >= last_touched:
-                break
-        if records:
-            lv.prev_close = records[-1].c
-
-    def _emit_record(self, name: str, k: int, r: Record) -> None:
-        self.out.append(
-            CoreCandle(
-                name, self.plan[k].visible, r.open_ms, r.o, r.h, r.l, r.c, r.vol, r.turn, r.buy,
-                r.cnt, r.revision, r.gap,
-            )
-        )  # fmt: skip
-
-    # -------------------------------------------------------------- snapshots
-
-    def _snapshots(self) -> None:
-        st = self.state
-        for name in self._dirty:
-            sym = st.symbols[name]
-            for k, lv in enumerate(sym.levels):
-                plan = self.plan[k]
-                if plan.visible < 0 or not lv.active or lv.partial:
-                    continue
-                merged = Level(lv.open_ms, lv.end_ms, True)
-                if lv.cnt:
-                    _merge(merged, lv)
-                feeder = plan.feeder
-                while feeder >= 0:
-                    part = sym.levels[feeder]
-                    if part.active and part.cnt and part.open_ms >= lv.open_ms:
-                        _merge(merged, part)
-                    feeder = self._feeders[feeder]
-                o, h, low, c = self._render(
-                    merged.cnt, merged.fp, merged.lp, merged.hi, merged.lo, lv.prev_close
-                )
-                gap = bool(sym.gaps) and self._overlaps_gap(sym, lv.open_ms, lv.end_ms)
-                st.counters.snapshots += 1
-                self.out.append(
-                    CoreCandle(
-                        name, plan.visible, lv.open_ms, o, h, low, c, merged.vol, merged.turn,
-                        merged.buy, merged.cnt, 0, gap, False,
-                    )
-                )  # fmt: skip
-        self._dirty.clear()
-
-    # ---------------------------------------------------------------- symbols
-
-    def _new_symbol(self, name: str, start_ms: int, prev_close: int | None) -> SymbolState:
-        levels = []
-        for plan in self.plan:
-            o = plan.floor(start_ms)
-            levels.append(
-                Level(
-                    open_ms=o,
-                    end_ms=plan.next_open(o),
-                    active=True,
-                    partial=prev_close is None or o != start_ms,
-                    closed_until=o,
-                    prev_close=prev_close,
-                    pruned_close=prev_close,
-                )
-            )
-        sym = SymbolState(levels=levels, start_floor=self.plan[0].floor(start_ms))
-        sym.next_end = min(lv.end_ms for lv in levels)
-        self.state.symbols[name] = sym
-        self._schedule(name, sym)
-        return sym
