@@ -3,14 +3,18 @@
 1. Throughput: one shard's trade stream (500 symbols, six intervals 1s,1m,5m,15m,1h,4h, Bybit-sized
    messages, clock entries every 20 ms of trade time) is prepared, then read by a raw XREAD loop
    (the ceiling) and by `ShardAggregator` steps, in the same run.
-2. Closing delay: trades written live (T = wall clock, clock entries every 20 ms as ingest does)
-   while the aggregator follows the stream; per candle, written minus (end + waiter latency), in
+2. Closing delay: a producer process plays ingest (trades stamped with the wall clock, 2500/s over
+   500 symbols, a clock entry at every 20 ms multiple of the wall clock, as ingest's grid) while
+   the aggregator follows the stream with default settings (empty candles on: all 500 symbols
+   close a 1 s candle at every boundary); per 1 s candle, written minus (end + waiter latency), in
    stream time (the stream time reached when it was written) and in wall time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import random
 import statistics
 import sys
 import tempfile
@@ -18,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 
 from aggregate.service import core_config
@@ -123,13 +128,42 @@ async def _throughput(client: aioredis.Redis, url: str, trades: int, trials: int
     ]  # fmt: skip
 
 
+def _produce(url: str, stream: str, symbols: int, rate: int, stop_at: float) -> None:
+    """The ingest side, in its own process: trades stamped with the wall clock as they are
+    written, a few symbols per 2 ms, and a clock entry at every 20 ms multiple of the wall clock
+    (ingest's grid), until `stop_at` (wall seconds)."""
+    client = redis.Redis.from_url(url)
+    rng = random.Random(5)
+    serial = 0
+    next_clock = 0
+    per_tick = max(1, rate // 500)
+    while time.time() < stop_at:
+        now_ms = int(time.time() * 1000)
+        pipe = client.pipeline(transaction=False)
+        for _ in range(per_tick):
+            serial += 1
+            name = f"S{min(int(rng.expovariate(1 / 40)), symbols - 1):03d}USDT"  # a few busy ones
+            trade = Trade(now_ms, f"{100 + serial % 7}.5", "0.01", Side.BUY, f"x{serial}")
+            pipe.xadd(stream, {STREAM_FIELD: entry_encoder.encode(TradesEntry(name, [trade]))})
+        if now_ms >= next_clock:
+            tick = now_ms - now_ms % 20
+            pipe.xadd(stream, {STREAM_FIELD: entry_encoder.encode(ClockEntry(tick))})
+            next_clock = tick + 20
+        pipe.execute()
+        time.sleep(0.002)
+    client.close()
+
+
 async def _closing_delay(client: aioredis.Redis, url: str, seconds: float) -> list[Row]:
+    """500 symbols in one shard (all of linear), empty candles on: every symbol closes a 1 s
+    candle every second, the burst a shard really has at each boundary."""
     keys = Keys("live")
     await client.set(keys.lease("aggregate", 0), "bench")
     worker = _worker(client, keys, url)
     await worker.load()
     stream_delays: list[float] = []
     wall_delays: list[float] = []
+    symbols = 500
 
     def written(candles: list[CoreCandle], wall_ms: float) -> None:
         now = worker.core.state.now_ms
@@ -140,33 +174,14 @@ async def _closing_delay(client: aioredis.Redis, url: str, seconds: float) -> li
                 wall_delays.append(wall_ms - due)
 
     worker.on_written = written
-    stop = asyncio.Event()
-
-    async def produce() -> None:
-        serial = 0
-        next_clock = 0
-        while not stop.is_set():
-            now_ms = int(time.time() * 1000)
-            pipe = client.pipeline(transaction=False)
-            for k in range(5):
-                serial += 1
-                trade = Trade(now_ms, f"{100 + k}.5", "0.01", Side.BUY, f"x{serial}")
-                entry = TradesEntry(f"S{serial % 2000:04d}USDT", [trade])  # mostly time-closed
-                pipe.xadd(keys.trades(0), {STREAM_FIELD: entry_encoder.encode(entry)})
-            if now_ms >= next_clock:
-                pipe.xadd(keys.trades(0), {STREAM_FIELD: entry_encoder.encode(ClockEntry(now_ms))})
-                next_clock = now_ms - now_ms % 20 + 20
-            await pipe.execute()
-            await asyncio.sleep(0.002)
-
-    async def consume() -> None:
-        while not stop.is_set():
-            await worker.step(block_ms=5)
-
-    tasks = [asyncio.create_task(produce()), asyncio.create_task(consume())]
-    await asyncio.sleep(seconds)
-    stop.set()
-    await asyncio.gather(*tasks)
+    stop_at = time.time() + seconds
+    producer = multiprocessing.get_context("spawn").Process(
+        target=_produce, args=(url, keys.trades(0), symbols, 2500, stop_at)
+    )
+    producer.start()
+    while time.time() < stop_at + 0.3:
+        await worker.step(block_ms=5)
+    producer.join()
     rows = []
     for name, values in (("stream time", stream_delays), ("wall time", wall_delays)):
         if not values:
