@@ -22,8 +22,9 @@ that falls behind builds a backlog, so its lags grow past any bound within the w
 the 25 ms delay target, judged separately) lets pauses of a shared machine pass. The search steps
 the asked rate up (5k, 10k, 20k, 30k, 40k, 60k, 80k) and stops at the first step that falls
 behind or whose load did not arrive (the simulator delivered < 90 % of it: it shares the two
-cores, and skips ahead instead of catching up after a stall); the result is the highest
-delivered rate among the steps that kept up.
+cores, and skips ahead instead of catching up after a stall), each confirmed by a second try
+(the machine is shared: another process's burst must not end the search); the result is the
+highest delivered rate among the steps that kept up.
 """
 
 from __future__ import annotations
@@ -130,6 +131,10 @@ def search(symbols: int, rates: list[int], window_s: float) -> tuple[Result | No
     steps = []
     for rate in rates:
         result = trial(symbols, rate, window_s)
+        if result.failures() or result.short():
+            # The box is shared: a failure counts only if a second try fails too.
+            NOTES.append(f"{rate:,} trades/s, first try: {_summary(result)}")
+            result = trial(symbols, rate, window_s)
         steps.append(result)
         if not result.failures() and (best is None or result.delivered > best.delivered):
             best = result
