@@ -33,8 +33,6 @@ from aggregate.state import NEVER, CoreCandle, Level, Record, SymbolState
 
 __all__ = ["CandleCore", "CoreConfig"]
 
-_KEEP_RECORDS = 8  # closed candles per level before expired ones are dropped (they are inert)
-
 
 class CandleCore(LateTrades):
     """One shard's candles for every symbol and interval, from one pass over its stream."""
@@ -278,7 +276,7 @@ class CandleCore(LateTrades):
                         lv.vol, lv.turn, lv.buy, lv.partial, gap, 0 if shown else -1, o, h, low, c,
                     )
                 )  # fmt: skip
-                if len(records) > _KEEP_RECORDS:
+                if len(records) > self._prune_at[k]:
                     self._prune_records(lv)
             lv.prev_close = c
         elif cnt:

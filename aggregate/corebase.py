@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from itertools import islice
 from operator import le
 
-from aggregate.plan import LevelPlan, plan_levels
+from aggregate.plan import DAY_MS, LevelPlan, plan_levels
 from aggregate.state import NEVER, CoreCandle, CoreState, Level, Record, SymbolState
 from common.intervals import Interval
 
+KEEP_RECORDS = 8  # closed candles per level before expired ones are looked for, at least
 KEEP_BUCKETS = 8  # id sets per symbol before expired ones are looked for (more is harmless)
 
 
@@ -101,6 +102,12 @@ class CoreBase:
         self._emit_empty = config.emit_empty
         self._max_len = max(level.max_len_ms for level in self.plan)
         self._updates_ms = config.updates_ms
+        # Records per level before expired ones are looked for: twice what the window holds,
+        # so that a look finds about half of them expired (keeping more is harmless).
+        self._prune_at = [
+            min(64, max(KEEP_RECORDS, 2 * (self._window // (plan.fixed_ms or DAY_MS) + 1)))
+            for plan in self.plan
+        ]
         self.state = state if state is not None else CoreState()
         self._dirty: dict[str, None] = dict.fromkeys(self.state.dirty)
         self._ids: dict[str, dict[int, set[str]]] = {}

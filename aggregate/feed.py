@@ -24,17 +24,25 @@ def _parse(text: str) -> int:
     return parse_scaled(text)
 
 
+class _Scaled(dict[str, int]):
+    """Decimal text -> scaled integer; a lookup of a new text parses it (from C, via map)."""
+
+    def __missing__(self, text: str) -> int:
+        value = self[text] = _parse(text)
+        return value
+
+
 class EntryFeeder:
     """Feeds raw entry JSON to a core; remembers parsed decimal texts (prices repeat a lot)."""
 
     def __init__(self, core: CandleCore) -> None:
         self.core = core
-        self._scaled: dict[str, int] = {}
+        self._scaled = _Scaled()
 
     def feed(self, payloads: Iterable[bytes]) -> list[str]:
         """Feed every entry; return a description of each entry or trade that was refused."""
         core = self.core
-        scale = self._scale
+        scale = self._scaled.__getitem__
         if len(self._scaled) > PRICE_CACHE_MAX:
             self._scaled.clear()
         problems: list[str] = []
@@ -47,8 +55,8 @@ class EntryFeeder:
             if isinstance(entry, TradesEntry):
                 trades = entry.trades
                 try:
-                    prices = scale([t.price for t in trades])
-                    sizes = scale([t.size for t in trades])
+                    prices = [scale(t.price) for t in trades]
+                    sizes = [scale(t.size) for t in trades]
                     core.trades(
                         entry.symbol, [t.time_ms for t in trades], prices, sizes,
                         [t.side is _BUY for t in trades], [t.trade_id for t in trades],
@@ -60,13 +68,3 @@ class EntryFeeder:
             elif isinstance(entry, GapEntry):
                 core.gap(entry.symbols, entry.from_ms, entry.to_ms)
         return problems
-
-    def _scale(self, texts: list[str]) -> list[int]:
-        values = list(map(self._scaled.get, texts))
-        if None in values:
-            scaled = self._scaled
-            for i, value in enumerate(values):
-                if value is None:
-                    text = texts[i]
-                    values[i] = scaled[text] = _parse(text)
-        return values  # type: ignore[return-value]

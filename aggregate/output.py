@@ -43,6 +43,7 @@ class CandleWriter:
         self._category_json = msgspec.json.encode(category)
         self._texts: dict[int, bytes] = {}  # prices repeat a lot
         self._heads: dict[tuple[str, int], bytes] = {}
+        self._empty_tails: dict[tuple[int, bool, int, bool], bytes] = {}
 
     def _text(self, value: int) -> bytes:
         text = self._texts.get(value)
@@ -94,6 +95,15 @@ class CandleWriter:
         )
 
     def encode(self, c: CoreCandle) -> bytes:
+        if not c.volume and not c.trade_count and c.open == c.high == c.low == c.close:
+            # An empty candle (every symbol has one per boundary): all but the series and the
+            # time depends on the close and the flags only.
+            tail = self._empty_tails.get((c.close, c.closed, c.revision, c.gap))
+            if tail is None:
+                tail = self._empty_tail(c)
+            return (
+                self._heads.get((c.symbol, c.interval)) or self._head(c.symbol, c.interval)
+            ) + b"%d%s" % (c.open_ms, tail)
         text = self._texts.get
         if c.volume:  # sizes are positive: no volume, no turnover
             volume = _scaled_bytes(c.volume)
@@ -119,6 +129,16 @@ class CandleWriter:
             self._category_json,
             b"true" if c.gap else b"false",
         )
+
+    def _empty_tail(self, c: CoreCandle) -> bytes:
+        if len(self._empty_tails) > _CACHE_MAX:
+            self._empty_tails.clear()
+        price = self._text(c.close)
+        flags = (b"true" if c.closed else b"false", c.revision, self._category_json)
+        tail = _TEMPLATE % (b"", 0, price, price, price, price, b"0", b"0", 0, b"0", b"0", *flags,
+                            b"true" if c.gap else b"false")  # fmt: skip
+        tail = self._empty_tails[(c.close, c.closed, c.revision, c.gap)] = tail[1:]  # no "0"
+        return tail
 
     def end_ms(self, c: CoreCandle) -> int:
         return self._intervals[c.interval].next_open(c.open_ms)

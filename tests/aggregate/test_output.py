@@ -46,3 +46,22 @@ def test_template_equals_struct_encoding(candle: CoreCandle) -> None:
     expected = candle_encoder.encode(WRITER.to_wire(candle))
     assert WRITER.encode(candle) == expected
     assert WRITER.encode(candle) == expected  # from the caches
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    close=SCALED,
+    symbol=st.sampled_from(["BTCUSDT", "ETHUSDT"]),
+    interval=st.integers(0, 3),
+    revision=st.integers(0, 3),
+    flags=st.tuples(st.booleans(), st.booleans()),
+)
+def test_empty_candles_from_the_tail_cache(
+    close: int, symbol: str, interval: int, revision: int, flags: tuple[bool, bool]
+) -> None:
+    gap, closed = flags
+    for open_ms in (1_786_310_000_000, 1_786_310_001_000):
+        candle = CoreCandle(
+            symbol, interval, open_ms, close, close, close, close, 0, 0, 0, 0, revision, gap, closed
+        )
+        assert WRITER.encode(candle) == candle_encoder.encode(WRITER.to_wire(candle))
