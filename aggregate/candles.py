@@ -66,6 +66,9 @@ class CandleCore(LateTrades):
         ):
             # One base candle, first and last in place: the common case, no per-trade work.
             self._add(symbol, base, times, prices, sizes, buys, ids)
+        elif not base.active and self._opens_base(sym, times, t_first, t_last):
+            self._add(symbol, base, times, prices, sizes, buys, ids)
+            self._schedule(symbol, sym)
         else:
             t_last = max(times)
             if n == 1 or ascending(times):
@@ -87,6 +90,27 @@ class CandleCore(LateTrades):
         if self._updates_ms:
             self._dirty[symbol] = None
         self._advance_time(t_last)
+
+    def _opens_base(
+        self, sym: SymbolState, times: Sequence[int], t_first: int, t_last: int
+    ) -> bool:
+        """A dormant base (empty candles skipped) and a message that opens one base candle and
+        fits in it, first and last in place, closing nothing: open it and say so."""
+        base_ms = self._base_ms
+        o = t_first - t_first % base_ms
+        if (
+            t_first < sym.next_end
+            and t_last < o + base_ms
+            and t_first >= self._base_limit(sym)
+            and (len(times) == 1 or (min(times) == t_first and max(times) == t_last))
+        ):
+            base = sym.levels[0]
+            base.open_ms = o
+            base.end_ms = sym.next_end = o + base_ms  # coarser ends are later base boundaries
+            base.active = True
+            base.partial = False
+            return True
+        return False
 
     def clock(self, time_ms: int) -> None:
         """Ingest's clock: everything it received before `time_ms` is already in the stream."""
