@@ -261,12 +261,31 @@ class CandleCore(LateTrades):
     def _advance(self, name: str, sym: SymbolState, boundary: int) -> None:
         """Close every candle of `sym` that ends at or before `boundary`, finest level first."""
         end = NEVER
+        plain = self._plain_empty
         for k, lv in enumerate(sym.levels):
             while lv.active and lv.end_ms <= boundary:
-                self._close(name, sym, k)
+                if plain[k] and not lv.cnt and not lv.partial and not sym.gaps:
+                    self._close_empty(name, lv, k)
+                else:
+                    self._close(name, sym, k)
             if lv.active and lv.end_ms < end:  # closing folds only into coarser levels
                 end = lv.end_ms
         sym.next_end = end
+
+    def _close_empty(self, name: str, lv: Level, k: int) -> None:
+        """`_close` for the most common candle of all: emitted, empty, no gap, fixed length."""
+        o = lv.open_ms
+        e = lv.end_ms
+        c = known(lv.prev_close)
+        self.state.counters.candles += 1
+        self.out.append(CoreCandle(name, self.plan[k].visible, o, c, c, c, c, 0, 0, 0, 0))
+        if self._window:
+            records = lv.records
+            records.append(Record(o, e, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, False, False, 0, c, c, c, c))
+            if len(records) > self._prune_at[k]:
+                self._prune_records(lv)
+        lv.closed_until = lv.open_ms = e
+        lv.end_ms = e + self.plan[k].fixed_ms
 
     def _close(self, name: str, sym: SymbolState, k: int) -> None:
         lv = sym.levels[k]

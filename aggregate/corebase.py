@@ -102,6 +102,10 @@ class CoreBase:
         self._emit_empty = config.emit_empty
         self._max_len = max(level.max_len_ms for level in self.plan)
         self._updates_ms = config.updates_ms
+        # Levels whose empty candles take the short path (CandleCore._close_empty).
+        self._plain_empty = [
+            self._emit_empty and plan.visible >= 0 and plan.fixed_ms > 0 for plan in self.plan
+        ]
         # Records per level before expired ones are looked for: twice what the window holds,
         # so that a look finds about half of them expired (keeping more is harmless).
         self._prune_at = [
