@@ -17,6 +17,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -53,6 +54,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+async def _always(shard: int) -> bool:
+    return True
+
+
+async def _never(shard: int) -> bool:
+    return False
 
 
 def new_token(stage: str) -> str:
@@ -94,6 +103,14 @@ class ShardClaimer:
         self._release = redis.register_script(_RELEASE)
         self.changes = 0
         self._forced: set[int] = set()
+        # Until ready, this replica claims no shard while another replica lives, and does not
+        # count as a member, so others neither hand it shards nor leave it free ones (ingest:
+        # until its hot standby is subscribed, so that what it takes over it takes over warm).
+        self.ready: Callable[[], bool] = lambda: True
+        # Whether to claim this shard if it is free now (ingest: not when another replica could
+        # take it over warm and this one could not).
+        self.prefer: Callable[[int], Awaitable[bool]] = _always
+        self.warm: Callable[[int], Awaitable[bool]] = _never
 
     @property
     def period_s(self) -> float:
@@ -120,9 +137,14 @@ class ShardClaimer:
             await self._hand_back(shard)
         for shard in self._candidates():
             if len(self.owned) >= wanted:
-                break
+                # Beyond our share only to take over warm what nobody else would (ingest's hot
+                # standby); rebalancing hands it on later, warm again.
+                if self._fixed is not None or not await self.warm(shard):
+                    continue
             # A fixed shard is taken over once, at start (its previous process is presumed dead,
             # as after kill -9 under supervisord); after losing it, wait until it is free again.
+            elif self._fixed is None and not await self.prefer(shard):
+                continue
             force = "1" if self._fixed is not None and shard not in self._forced else "0"
             self._forced.add(shard)
             got = await self._acquire(
@@ -147,13 +169,17 @@ class ShardClaimer:
         if self._fixed is not None:
             return len(self._fixed)
         members = await self._live_members()
+        if not self.ready():
+            # Not ready (see `ready`): take shards only when no other replica is alive to.
+            return self._shards if members == 0 else 0
         return math.ceil(self._shards / max(1, members))
 
     async def _live_members(self) -> int:
         seconds, micros = await self._redis.time()
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         key = self._keys.members(self._stage)
-        await self._redis.hset(key, self.token, now_ms + self._ttl_ms)
+        if self.ready():
+            await self._redis.hset(key, self.token, now_ms + self._ttl_ms)
         members = await self._redis.hgetall(key)
         expired = [m for m, expiry in members.items() if int(expiry) < now_ms]
         if expired:

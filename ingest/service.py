@@ -31,6 +31,7 @@ from common.settings import IngestSettings
 from ingest.pool import Pool
 from ingest.rest import fetch_instruments, fetch_instruments_sync
 from ingest.shards import IngestShards
+from ingest.standby import Standby
 from ingest.symbols import refreshed_symbols, select_symbols
 from ingest.writer import Writer
 
@@ -98,6 +99,14 @@ async def run(
         await redis.aclose()
 
 
+async def _keep_watching(shards: IngestShards, period_s: float, stop: asyncio.Event) -> None:
+    """Stand by for the shards other replicas own (see ingest.standby)."""
+    while not stop.is_set():
+        await shards.watch_unowned()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), period_s)
+
+
 async def _serve(
     settings: IngestSettings,
     symbols: list[str],
@@ -141,6 +150,13 @@ async def _serve(
     )
     writer_task = tasks.spawn(writer.run(writer_stop), name="writer")
     claim_task = tasks.spawn(claimer.run(claim_stop), name="claimer")
+    if settings.ingest_standby_s > 0 and settings.fixed_shards() is None:
+        shards.standby = Standby(int(settings.ingest_standby_s * 1000))
+        claimer.ready = shards.standby_ready
+        claimer.prefer = shards.prefer
+        claimer.warm = shards.warm
+        shards.cold_claim_after_ms = 2 * settings.lease_ttl_ms
+        tasks.spawn(_keep_watching(shards, claimer.period_s, stop), name="standby")
     if settings.bybit_symbols_refresh_s > 0:
         tasks.spawn(_refresh(settings, shards, stop), name="symbols-refresh")
     server = None

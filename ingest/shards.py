@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -24,6 +25,7 @@ from ingest import metrics
 from ingest.bybit.messages import TradeMessage
 from ingest.dedup import Deduper
 from ingest.pool import Pool
+from ingest.standby import Standby
 from ingest.writer import Writer, now_ms
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,10 @@ log = logging.getLogger(__name__)
 TAIL_ENTRIES = 2000
 MAX_LAG_MS = 5000
 SUBSCRIBE_TIMEOUT_S = 30.0
+STANDBY_READY_LIMIT_S = 15.0
+SEED_MARGIN_MS = 5000  # receive clocks of two replicas, and write delays, differ by less
+SEED_BATCH = 5000
+PREFER_SLACK_MS = 100
 
 
 async def read_tail(
@@ -91,7 +97,12 @@ class IngestShards:
         self.owned: set[int] = set()
         self._shard_of: dict[str, int] = {}  # symbols of owned shards only
         self._orphaned: dict[int, float] = {}  # shard -> monotonic time Redis answered again
+        self._orphaned_at_ms: dict[int, int] = {}  # shard -> when this replica lost Redis
         self.orphan_grace_s = 10.0
+        self.standby: Standby | None = None
+        self._created = time.monotonic()
+        self.cold_claim_after_ms = 3000
+        self._watched: dict[str, int] = {}  # symbols of shards kept on standby
         writer.lease_lost = self.lease_lost
 
     def _symbols_of(self, shard: int) -> list[str]:
@@ -102,18 +113,68 @@ class IngestShards:
     async def start_shard(self, shard: int) -> None:
         assert self.pool is not None
         if self._orphaned.pop(shard, None) is not None:
-            # Kept through a Redis outage and got back: what was buffered goes out in order,
-            # so there is no unowned window to report.
-            self._writer.ready.add(shard)
-            log.info("shard %d: lease back after the Redis outage, buffered trades follow", shard)
-            return
+            if not await self._written_by_another(shard):
+                # Kept through a Redis outage and got back: what was buffered goes out in
+                # order, so there is no unowned window to report.
+                self._writer.ready.add(shard)
+                log.info(
+                    "shard %d: lease back after the Redis outage, buffered trades follow", shard
+                )
+                return
+            # Another replica served the shard after the outage (from its standby, or with a
+            # gap entry): our buffer would write its trades twice.
+            dropped = self._writer.discard(shard)
+            log.warning("shard %d: served by another replica meanwhile; %d buffered entries "
+                        "dropped", shard, dropped)  # fmt: skip
         symbols = self._symbols_of(shard)
         last_ms, ids = await read_tail(self._redis, self._keys.trades(shard))
         for symbol, trade_ids in ids.items():
             self.dedup.seed(symbol, trade_ids)
+        buffered = self.standby.take(shard, last_ms) if self.standby is not None else None
+        for symbol in symbols:
+            self._watched.pop(symbol, None)
         self.own(shard, symbols)
+        if buffered is not None:
+            # A hot takeover: what the previous owner may not have written is in our buffer,
+            # except what our own connections missed too (reported as such). The ids it did
+            # write over the buffer's whole span go into the duplicate filter first.
+            messages, missed = buffered
+            if messages:
+                await self._seed_since(shard, messages[0][0] - SEED_MARGIN_MS)
+            for missed_symbols, missed_from, missed_to in missed:
+                self._writer.put_gap(shard, missed_symbols, missed_from, missed_to, "reconnect")
+            for received_ms, message in messages:
+                self.on_trades(message, received_ms)
+            self._writer.ready.add(shard)
+            await self.pool.add(symbols)  # listings added since we began watching
+            log.info(
+                "shard %d: taken over from standby (%d buffered messages, %d own reconnects)",
+                shard,
+                len(messages),
+                len(missed),
+            )
+            return
         await self.pool.add(symbols)
         self._tasks.spawn(self._open_shard(shard, symbols, last_ms), name=f"open-shard-{shard}")
+
+    async def _written_by_another(self, shard: int) -> bool:
+        """Whether the shard's stream has entries newer than this replica's outage began."""
+        since_ms = self._orphaned_at_ms.pop(shard, 0)
+        newest: Any = await self._redis.xrevrange(self._keys.trades(shard), count=1)
+        return bool(newest) and int(newest[0][0].split(b"-")[0]) > since_ms
+
+    async def _seed_since(self, shard: int, since_ms: int) -> None:
+        start = f"{max(0, since_ms)}-0"
+        stream = self._keys.trades(shard)
+        while True:
+            rows: Any = await self._redis.xrange(stream, min=start, max="+", count=SEED_BATCH)
+            for _, fields in rows:
+                entry = entry_decoder.decode(fields[b"data"])
+                if isinstance(entry, TradesEntry):
+                    self.dedup.seed(entry.symbol, [t.trade_id for t in entry.trades])
+            if len(rows) < SEED_BATCH:
+                return
+            start = "(" + rows[-1][0].decode()
 
     def own(self, shard: int, symbols: list[str]) -> None:
         """From now on, trades of `symbols` are written to `shard`."""
@@ -140,6 +201,7 @@ class IngestShards:
             # take the shard, so go on receiving into the buffer; the fence decides once it is
             # back (`lease_lost`).
             self._orphaned[shard] = 0.0
+            self._orphaned_at_ms[shard] = now_ms()  # we cannot have written after this
             self._writer.ready.discard(shard)
             log.warning("shard %d: Redis down past the lease time; buffering meanwhile", shard)
             return
@@ -147,6 +209,16 @@ class IngestShards:
         self._writer.ready.discard(shard)
         self.owned.discard(shard)
         symbols = self._symbols_of(shard)
+        if self.standby is not None:
+            # Stay subscribed: from now on this replica keeps the shard's trades on standby.
+            for symbol in symbols:
+                self._shard_of.pop(symbol, None)
+                self._watched[symbol] = shard
+            self.standby.watch(shard, now_ms())
+            if graceful:
+                await self._writer.drained(self._drain_timeout_s)
+            self.dedup.forget(symbols)
+            return
         if graceful and self.pool is not None:
             # Handing over: the trades Bybit sends until it acks the unsubscribe are still
             # ours to write (the lease is held until this returns); the next owner's gap
@@ -159,6 +231,63 @@ class IngestShards:
         if graceful:
             await self._writer.drained(self._drain_timeout_s)
         self.dedup.forget(symbols)
+
+    # -- hot standby ---------------------------------------------------------------------------
+
+    async def prefer(self, shard: int) -> bool:
+        """Claim a free shard only if we would take it over warm, or nobody else has for a
+        while (then cold, with an unowned gap, is better than not at all)."""
+        if self.standby is None or shard in self._orphaned:
+            return True
+        newest_ms = await self._newest_ms(shard)
+        if newest_ms is None or self.standby.covers(shard, newest_ms - PREFER_SLACK_MS):
+            return True
+        return now_ms() - newest_ms > self.cold_claim_after_ms
+
+    async def warm(self, shard: int) -> bool:
+        """Whether the shard is free and we hold its trades since its owner's last write."""
+        if self.standby is None or await self._redis.exists(self._keys.lease("ingest", shard)):
+            return False
+        newest_ms = await self._newest_ms(shard)
+        return newest_ms is not None and self.standby.covers(shard, newest_ms - PREFER_SLACK_MS)
+
+    async def _newest_ms(self, shard: int) -> int | None:
+        newest: Any = await self._redis.xrevrange(self._keys.trades(shard), count=1)
+        return int(newest[0][0].split(b"-")[0]) if newest else None
+
+    def standby_ready(self) -> bool:
+        """Whether every shard is owned or on standby (acked), or the wait has been long enough.
+
+        Until then this replica does not count as a member, so nobody hands it a shard that it
+        would have to start serving cold (losing the trades sent before its subscription)."""
+        if self.standby is None or time.monotonic() - self._created > STANDBY_READY_LIMIT_S:
+            return True
+        watched = self.standby.watched()
+        return all(k in self.owned or k in watched for k in range(self._shards))
+
+    async def watch_unowned(self) -> None:
+        """Standby for every shard not owned: subscribe its symbols and keep their trades."""
+        watching = set(self._watched.values())
+        for shard in range(self._shards):
+            if shard not in self.owned and shard not in watching:
+                await self._watch(shard)
+
+    async def _watch(self, shard: int) -> None:
+        assert self.pool is not None and self.standby is not None
+        symbols = self._symbols_of(shard)
+        for symbol in symbols:
+            self._watched[symbol] = shard
+        self.standby.begin(shard)
+        await self.pool.add(symbols)
+        self._tasks.spawn(self._watch_when_acked(shard, symbols), name=f"standby-{shard}")
+
+    async def _watch_when_acked(self, shard: int, symbols: list[str]) -> None:
+        assert self.pool is not None and self.standby is not None
+        if (
+            await self.pool.wait_subscribed(symbols, SUBSCRIBE_TIMEOUT_S)
+            and shard not in self.owned
+        ):
+            self.standby.watch(shard, now_ms())
 
     async def _redis_answers(self) -> bool:
         try:
@@ -177,6 +306,8 @@ class IngestShards:
         if shard not in self._orphaned:
             return True
         holder = await self._redis.get(self._keys.lease("ingest", shard))
+        if shard not in self._orphaned:  # settled while we asked: ours again, or dropped
+            return shard not in self.owned
         now = time.monotonic()
         since = self._orphaned[shard] or now
         self._orphaned[shard] = since
@@ -210,7 +341,10 @@ class IngestShards:
     def on_trades(self, message: TradeMessage, received_ms: int) -> None:
         shard = self._shard_of.get(message.symbol)
         if shard is None:
-            return  # in flight after an unsubscribe, or a shard just lost
+            watched = self._watched.get(message.symbol)
+            if watched is not None and self.standby is not None:
+                self.standby.keep(watched, message, received_ms)
+            return  # or: in flight after an unsubscribe, or a shard just lost
         trades = self.dedup.fresh(message.symbol, message.trades)
         if len(trades) != len(message.trades):
             metrics.DUPLICATES.inc(len(message.trades) - len(trades))
@@ -220,9 +354,15 @@ class IngestShards:
 
     def on_gap(self, symbols: list[str], from_ms: int, to_ms: int) -> None:
         by_shard: dict[int, list[str]] = {}
+        watched: dict[int, list[str]] = {}
         for symbol in symbols:
             shard = self._shard_of.get(symbol)
             if shard is not None:
                 by_shard.setdefault(shard, []).append(symbol)
+            elif symbol in self._watched:
+                watched.setdefault(self._watched[symbol], []).append(symbol)
+        if self.standby is not None:
+            for shard, mine in watched.items():
+                self.standby.missed(shard, mine, from_ms, to_ms)
         for shard, mine in sorted(by_shard.items()):
             self._writer.put_gap(shard, mine, from_ms, to_ms, "reconnect")

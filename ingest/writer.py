@@ -120,11 +120,19 @@ class Writer:
         self.ready: set[int] = set()
         self._last_clock_ms = 0
         self._serial = 0
+        self._purged: dict[int, int] = {}  # shard -> last serial taken before a discard
         self._last_trim = 0.0
         self.healthy = True
         self.written = 0
 
     # -- readers' side: never blocks -------------------------------------------------------------
+
+    def discard(self, shard: int) -> int:
+        """Drop every queued entry of `shard` (another replica wrote them); return how many."""
+        before = len(self._queue)
+        self._queue = deque(item for item in self._queue if item.shard != shard)
+        self._purged[shard] = self._serial  # and those of a batch being retried right now
+        return before - len(self._queue)
 
     def put(self, item: Item) -> None:
         self._queue.append(item)
@@ -255,6 +263,9 @@ class Writer:
         On a Redis error the items of the shards already written are taken out of `batch`, so a
         retry never writes an entry twice.
         """
+        if self._purged:
+            purged = self._purged
+            batch[:] = [i for i in batch if i.serial > purged.get(i.shard, -1)]
         by_shard: dict[int, list[Item]] = {}
         for item in batch:
             by_shard.setdefault(item.shard, []).append(item)

@@ -43,7 +43,7 @@ def test_kill9_survivor_takes_the_shards_and_records_the_gap(
     tmp_path: Path, redis_url: str
 ) -> None:
     sim = start_simulator(tmp_path, "--symbols", "200", "--rate", "1000")
-    env = ingest_env(sim, redis_url)
+    env = ingest_env(sim, redis_url, STREAMER_INGEST_STANDBY_S="0")
     a = start_ingest(tmp_path, env, "ingest-a")
     b = start_ingest(tmp_path, env, "ingest-b")
     client = redis.Redis.from_url(redis_url)
@@ -112,6 +112,54 @@ def test_kill9_survivor_takes_the_shards_and_records_the_gap(
     assert b.stop() == 0
     counts = collections.Counter(read_streams(redis_url).trade_keys())
     assert [k for k, n in counts.items() if n > 1] == []
+    client.close()
+
+
+def test_kill9_with_a_hot_standby_loses_nothing(tmp_path: Path, redis_url: str) -> None:
+    """The survivor was subscribed to the victim's symbols all along: it writes what the victim
+    had not, every ledger trade is in the streams exactly once, and no unowned gap is needed."""
+    sim = start_simulator(tmp_path, "--symbols", "200", "--rate", "1000")
+    env = ingest_env(sim, redis_url, STREAMER_INGEST_STANDBY_S="10")
+    a = start_ingest(tmp_path, env, "ingest-a")
+    b = start_ingest(tmp_path, env, "ingest-b")
+    client = redis.Redis.from_url(redis_url)
+
+    def both_own() -> bool:
+        pids = {_pid_of(t) for t in _lease_owners(client).values()}
+        return pids == {a.pid, b.pid} and len(_lease_owners(client)) == 3
+
+    wait_until(both_own, 20, "both replicas to own shards")
+    wait_until(lambda: len(sim.trades()) > 1500, 20, "trades flowing")
+    wait_until(lambda: len(sim.trades()) > 2500, 20, "standby subscriptions to settle")
+    killed_ms = time.time_ns() // 1_000_000
+    a.kill9()
+    wait_until(
+        lambda: (
+            {_pid_of(t) for t in _lease_owners(client).values()} == {b.pid}
+            and len(_lease_owners(client)) == 3
+        ),
+        10,
+        "the survivor to own every shard",
+    )
+    b.wait_output("taken over from standby", 10)
+    sent_before_stop = len(sim.trades())
+    wait_until(lambda: len(sim.trades()) > sent_before_stop + 1000, 20, "more trades")
+    assert sim.proc.stop() == 0
+    expected = {
+        (shard_of(str(t["symbol"]), 3), str(t["symbol"]), str(t["i"])) for t in sim.trades()
+    }
+    wait_until(lambda: set(read_streams(redis_url).trade_keys()) >= expected, 20,
+               f"all {len(expected)} ledger trades in the streams")  # fmt: skip
+    assert b.stop() == 0
+    streams = read_streams(redis_url)
+    counts = collections.Counter(streams.trade_keys())
+    assert [k for k, n in counts.items() if n > 1] == []
+    assert set(counts) == expected
+    unowned_at_kill = [
+        g for k in range(3) for g in streams.gaps[k]
+        if g.reason == "unowned" and g.from_ms <= killed_ms <= g.to_ms
+    ]  # fmt: skip
+    assert unowned_at_kill == []
     client.close()
 
 
