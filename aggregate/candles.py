@@ -260,9 +260,23 @@ class CandleCore(LateTrades):
 
     def _advance(self, name: str, sym: SymbolState, boundary: int) -> None:
         """Close every candle of `sym` that ends at or before `boundary`, finest level first."""
-        end = NEVER
         plain = self._plain_empty
-        for k, lv in enumerate(sym.levels):
+        levels = sym.levels
+        if self._nested_always:
+            # Every level always open and each nesting the one before: ends never decrease
+            # along the levels, so the first level with nothing to close ends the walk.
+            for k, lv in enumerate(levels):
+                if lv.end_ms > boundary:
+                    break
+                while lv.end_ms <= boundary:
+                    if plain[k] and not lv.cnt and not lv.partial and not sym.gaps:
+                        self._close_empty(name, lv, k)
+                    else:
+                        self._close(name, sym, k)
+            sym.next_end = levels[0].end_ms
+            return
+        end = NEVER
+        for k, lv in enumerate(levels):
             while lv.active and lv.end_ms <= boundary:
                 if plain[k] and not lv.cnt and not lv.partial and not sym.gaps:
                     self._close_empty(name, lv, k)

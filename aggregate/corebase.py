@@ -102,6 +102,11 @@ class CoreBase:
         self._emit_empty = config.emit_empty
         self._max_len = max(level.max_len_ms for level in self.plan)
         self._updates_ms = config.updates_ms
+        # Empty candles emitted (no level ever dormant) and a chain of levels, each fed by the
+        # one before: CandleCore._advance walks levels only while they have candles to close.
+        self._nested_always = self._emit_empty and self._feeders == list(
+            range(-1, len(self.plan) - 1)
+        )
         # Levels whose empty candles take the short path (CandleCore._close_empty).
         self._plain_empty = [
             self._emit_empty and plan.visible >= 0 and plan.fixed_ms > 0 for plan in self.plan
