@@ -36,7 +36,7 @@ CHECKPOINT = "checkpoint"
 
 class Head(msgspec.Struct, gc=False):
     last_id: str  # every candle of the entries up to this one is written
-    now_ms: int  # stream time after that entry
+    now_ms: int = -1  # stream time after that entry
 
 
 class Checkpoint(msgspec.Struct, gc=False):
@@ -75,6 +75,9 @@ for i = 7, 6 + closed do
 end
 for i = 7 + closed, #ARGV do
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'data', ARGV[i])
+end
+if redis.call('TYPE', KEYS[4]).ok == 'string' then
+  redis.call('DEL', KEYS[4])  -- a version 1 checkpoint: replaced by this write
 end
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[4], 'head', ARGV[4], 'checkpoint', ARGV[5])

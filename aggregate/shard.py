@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
@@ -101,18 +102,30 @@ class ShardAggregator:
 
     async def load(self) -> None:
         """Resume from the checkpoint (or start cold), and rebuild the duplicate filter."""
-        raw_head, raw = await self.redis.hmget(
-            self.keys.state(self.shard), [checkpoint.HEAD, checkpoint.CHECKPOINT]
-        )
+        key = self.keys.state(self.shard)
         self._reset("0-0")
+        if await self.redis.type(key) in (b"string", "string"):
+            # A checkpoint of version 1 (one JSON string): its id only; the first write
+            # replaces the key (aggregate.checkpoint.WRITE_LUA).
+            raw_head, raw = await self.redis.get(key), None
+        else:
+            raw_head, raw = await self.redis.hmget(key, [checkpoint.HEAD, checkpoint.CHECKPOINT])
         if raw_head is None:
             log.info("shard %d: no checkpoint, cold start from the stream's beginning", self.shard)
             return
         head = checkpoint.head_decoder.decode(raw_head)
-        saved = None if raw is None else checkpoint.decoder.decode(raw)
-        if saved is None or saved.config != self._fingerprint:
+        try:
+            saved = None if raw is None else checkpoint.decoder.decode(raw)
+        except msgspec.ValidationError:  # another version of the state
+            saved = None
+        if (
+            saved is None
+            or saved.version != checkpoint.VERSION
+            or saved.config != self._fingerprint
+        ):
             log.warning(
-                "shard %d: checkpoint made under other candle rules (%s); cold start after %s",
+                "shard %d: checkpoint of another version or other candle rules (%s); "
+                "cold start after %s",
                 self.shard, None if saved is None else saved.config, head.last_id,
             )  # fmt: skip
             self._reset(head.last_id)

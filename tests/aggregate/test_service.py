@@ -255,3 +255,30 @@ def test_resume_replays_from_an_older_checkpoint(
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_version_1_checkpoint_gives_a_cold_start_after_its_id(redis_url: str) -> None:
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
+        client.response_callbacks.pop("XREAD", None)
+        keys = Keys("old")
+        ids = [await client.xadd(keys.trades(0), {STREAM_FIELD: d}) for d in prepared_entries(300)]
+        middle = ids[len(ids) // 2].decode()
+        old = b'{"version":1,"config":"x","last_id":"%s","ids_from":"0-0","steps":[],"core":[]}'
+        await client.set(keys.state(0), old % middle.encode())
+        await client.set(keys.lease("aggregate", 0), "me")
+        settings = AggregateSettings(kline_intervals="1s,1m")  # type: ignore[arg-type]
+        worker = ShardAggregator(
+            client, keys, 0, core_config(settings), "linear", "me", 1000, 10**6, 1000
+        )
+        await worker.load()
+        assert worker.last_id == middle
+        while await worker.step(block_ms=None):
+            pass
+        assert await client.type(keys.state(0)) == b"hash"
+        head = checkpoint.head_decoder.decode(await client.hget(keys.state(0), checkpoint.HEAD))
+        assert head.last_id == ids[-1].decode()
+        assert await client.xlen(keys.klines(0)) > 0
+        await client.aclose()
+
+    asyncio.run(scenario())
