@@ -155,7 +155,7 @@ def render(status: PipelineStatus, prefix: str) -> str:
         f"mode {meta.get('mode')}, category {meta.get('category')}",
         "",
         f"{'shard':>5}  {'ingest owner':<28} {'aggregate owner':<28} {'trades':>9} "
-        f"{'newest trade':>12} {'agg lag':>8} {'klines':>9} {'newest kline':>12} "
+        f"{'newest trade':>12} {'ckpt lag':>8} {'klines':>9} {'newest kline':>12} "
         f"{'pub pending':>11}",
     ]
     for s in status.shards:
