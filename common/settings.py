@@ -157,7 +157,7 @@ class IngestSettings(CommonSettings):
     clock_interval_ms: int = Field(default=20, ge=1, le=10_000)
     ingest_buffer_max: int = Field(default=200_000, ge=100)
     ingest_batch_max: int = Field(default=1000, ge=1, le=100_000)
-    ingest_standby_s: float = Field(default=10.0, ge=0, le=600)
+    ingest_standby_s: float = Field(default=0.0, ge=0, le=600)
     # Klines mode: ingest writes the candle streams itself (same names as the aggregator's).
     kline_updates_ms: int = Field(default=0, ge=0, le=3_600_000)
     klines_maxlen: int = Field(default=1_000_000, ge=1000)

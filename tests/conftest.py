@@ -6,7 +6,15 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.support.procs import kill_leftovers
 from tests.support.redisproc import RedisProcess
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    """Whatever a test started and did not stop (it failed early) is killed after it."""
+    yield
+    kill_leftovers()
 
 
 @pytest.fixture(scope="session")

@@ -82,6 +82,7 @@ def run_faults(tmp_path: Path, duration_s: float) -> None:
         tmp_path, redis_server.url,
         ("--symbols", "20", "--rate", "300", "--drop-every-s", "9"),
         shards=3, intervals="1s,5s", STREAMER_LEASE_TTL_MS=str(LEASE_MS),
+        STREAMER_INGEST_STANDBY_S="10",
         STREAMER_CLOCK_INTERVAL_MS="20",
     )  # fmt: skip
     injected: list[tuple[str, str]] = []

@@ -15,6 +15,20 @@ SHARED = ROOT.parent / "shared"
 TESTDATA = SHARED / "testdata" / "bybit"
 
 
+RUNNING: list[Proc] = []
+"""Every process a test started; the conftest kills what a test left behind (a failed assertion
+must not leave a simulator or an ingest running into the next test)."""
+
+
+def kill_leftovers() -> None:
+    while RUNNING:
+        proc = RUNNING.pop()
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+            proc.popen.wait(10)
+        proc._log.close()
+
+
 class Proc:
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.args = args
@@ -27,6 +41,7 @@ class Proc:
         self.popen = subprocess.Popen(
             args, env=full_env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
         )
+        RUNNING.append(self)
 
     @property
     def pid(self) -> int:
