@@ -21,6 +21,7 @@ import pytest
 from common.wire import GapEntry, TradesEntry, entry_decoder
 from tests.pipeline.test_e2e import check_against_ledger
 from tests.support.expected import LedgerTrade
+from tests.support.gaps import covered
 from tests.support.pipeline import (
     Pipeline,
     Supervisor,
@@ -64,16 +65,6 @@ def covering_reason(trade: LedgerTrade, gaps: list[GapEntry]) -> str | None:
         if trade.symbol in gap.symbols and gap.from_ms <= trade.time_ms <= gap.to_ms:
             return gap.reason
     return None
-
-
-def covered(from_ms: int, to_ms: int, windows: list[tuple[int, int, str]]) -> bool:
-    """Whether the union of the gap windows covers [from_ms, to_ms]."""
-    reach = from_ms
-    for start, end, _ in sorted(windows):
-        if start > reach:
-            break
-        reach = max(reach, end)
-    return reach >= to_ms
 
 
 def run_faults(tmp_path: Path, duration_s: float) -> None:
