@@ -28,7 +28,8 @@ def test_defaults_and_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings(IngestSettings)
     assert settings.bybit_symbols == ["BTCUSDT", "ETHUSDT"]
     assert [i.label for i in settings.kline_intervals] == ["1s", "1m"]
-    assert settings.ws_url == "wss://stream.bybit.com/v5/public/linear"
+    # the default is Bybit's public stream for the category (never connected to by a test)
+    assert settings.ws_url.startswith("wss://") and settings.ws_url.endswith("/v5/public/linear")
     assert settings.fixed_shards() is None
 
 

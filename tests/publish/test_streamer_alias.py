@@ -1,42 +1,20 @@
-"""A consumer written for the original service, with its import paths, registers and runs."""
+"""A consumer written for the original service imports from `streamer.consumers` and works."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from publish.consumers import ConsumerManager as NewManager
-from streamer.consumers import ConsumerManager
-from streamer.consumers.base import BaseConsumer
-
-
-class OriginalStyle(BaseConsumer):
-    def __init__(self, name: str = "orig") -> None:
-        super().__init__(name)
-        self.seen: list[dict[str, Any]] = []
-
-    def validate(self) -> None:
-        pass
-
-    async def setup(self) -> None:
-        pass
-
-    async def start(self) -> None:
-        self._is_running = True
-
-    async def consume(self, data: list[dict[str, Any]]) -> None:
-        if self._is_running:
-            self.seen.extend(data)
-
-    async def stop(self) -> None:
-        self._is_running = False
+import publish.consumers
+from streamer.consumers import BaseConsumer, ConsumerManager
+from streamer.consumers.base import BaseConsumer as BaseFromModule
+from tests.publish.test_manager import Recorder
 
 
-async def test_original_import_paths_work() -> None:
-    assert ConsumerManager is NewManager
-    ConsumerManager.register_consumer("orig-alias", OriginalStyle)
-    consumer = OriginalStyle()
+async def test_original_import_paths_are_the_same_classes() -> None:
+    assert BaseConsumer is BaseFromModule is publish.consumers.BaseConsumer
+    assert ConsumerManager is publish.consumers.ConsumerManager
+    ConsumerManager.register_consumer("orig-alias", Recorder)
+    consumer = Recorder()
     await consumer.start()
     await consumer.consume([{"symbol": "BTCUSDT", "open": 1.5}])
     await consumer.stop()
     await consumer.consume([{"symbol": "ETHUSDT"}])
-    assert consumer.seen == [{"symbol": "BTCUSDT", "open": 1.5}]
+    assert consumer.got == [{"symbol": "BTCUSDT", "open": 1.5}]
