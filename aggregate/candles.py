@@ -361,6 +361,7 @@ class CandleCore(LateTrades):
             lv.end_ms = plan.next_open(lv.open_ms)
             lv.active = True
             lv.partial = False
+        # corebase.merge(lv, src), inlined: this runs for every candle that closes (keep in step)
         if lv.cnt == 0:
             lv.ft, lv.fp, lv.hi, lv.lo = src.ft, src.fp, src.hi, src.lo
         else:
