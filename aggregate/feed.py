@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from operator import attrgetter
 
 from aggregate.candles import CandleCore
 from common.decimals import SCALE_DIGITS, parse_scaled
@@ -10,7 +11,8 @@ from common.wire import ClockEntry, GapEntry, Side, TradesEntry, entry_decoder
 
 PRICE_CACHE_MAX = 200_000
 _POW: tuple[int, ...] = tuple(10 ** (SCALE_DIGITS - n) for n in range(SCALE_DIGITS + 1))
-_BUY = Side.BUY
+_IS_BUY = {Side.BUY: True, Side.SELL: False}.__getitem__
+_COLUMNS = attrgetter("time_ms", "price", "size", "side", "trade_id")
 
 
 def _parse(text: str) -> int:
@@ -53,13 +55,14 @@ class EntryFeeder:
                 problems.append(f"bad stream entry: {exc}")
                 continue
             if isinstance(entry, TradesEntry):
-                trades = entry.trades
+                if not entry.trades:
+                    continue
+                # Columns in C: one pass over the trades, then a map per column.
+                times, prices, sizes, sides, ids = zip(*map(_COLUMNS, entry.trades), strict=True)
                 try:
-                    prices = [scale(t.price) for t in trades]
-                    sizes = [scale(t.size) for t in trades]
                     core.trades(
-                        entry.symbol, [t.time_ms for t in trades], prices, sizes,
-                        [t.side is _BUY for t in trades], [t.trade_id for t in trades],
+                        entry.symbol, times, list(map(scale, prices)), list(map(scale, sizes)),
+                        list(map(_IS_BUY, sides)), ids,
                     )  # fmt: skip
                 except ValueError as exc:
                     problems.append(f"bad trade of {entry.symbol}: {exc}")
