@@ -67,14 +67,16 @@ WRITE_LUA = (
     FENCE_LUA
     + """
 -- KEYS: lease, klines, updates, state. ARGV: token, klines maxlen, updates maxlen, head,
--- checkpoint ('' = keep the one there), number of closed candles, then the closed candles' JSON,
--- then the in-progress snapshots' JSON.
-local closed = tonumber(ARGV[6])
-for i = 7, 6 + closed do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'data', ARGV[i])
+-- checkpoint ('' = keep the one there), the closed candles' JSON joined by newlines, the
+-- in-progress snapshots' JSON joined by newlines (candle JSON never holds a raw newline; one
+-- argument for all instead of one per candle is far cheaper to send).
+local n = 0
+for candle in string.gmatch(ARGV[6], '[^\\n]+') do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'data', candle)
+  n = n + 1
 end
-for i = 7 + closed, #ARGV do
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'data', ARGV[i])
+for candle in string.gmatch(ARGV[7], '[^\\n]+') do
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'data', candle)
 end
 if redis.call('TYPE', KEYS[4]).ok == 'string' then
   redis.call('DEL', KEYS[4])  -- a version 1 checkpoint: replaced by this write
@@ -84,6 +86,6 @@ if ARGV[5] ~= '' then
 else
   redis.call('HSET', KEYS[4], 'head', ARGV[4])
 end
-return closed
+return n
 """
 )

@@ -246,9 +246,8 @@ class ShardAggregator:
             self._maxlens[1],
             checkpoint.encoder.encode(checkpoint.Head(self.last_id, now_ms)),
             saved,
-            len(closed),
-            *[encode(c) for c in closed],
-            *[encode(c) for c in snapshots],
+            b"\n".join(map(encode, closed)),
+            b"\n".join(map(encode, snapshots)),
         ]
         try:
             await self._write(keys=self._script_keys, args=args)
