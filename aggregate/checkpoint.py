@@ -5,7 +5,8 @@
   step's candles and its head go to Redis in one Lua script, fenced by the shard lease.
 - `checkpoint`: the core state covering the stream up to its own `last_id`. It is megabytes for a
   busy shard, so it is written (in the same script) only now and then: at most every
-  `CHECKPOINT_EVERY_S` when a step has no closed candles to delay, and at least every
+  `CHECKPOINT_EVERY_S`, at a quiet moment (no candle due to close within `QUIET_MS` of stream
+  time, so that its encoding and sending never delay a boundary's candles), and at least every
   `CHECKPOINT_MAX_S`.
 
 Exactly once: the core is deterministic (its candles depend on the entries only, not on how they
@@ -30,6 +31,7 @@ from common.leases import FENCE_LUA
 VERSION = 3
 CHECKPOINT_EVERY_S = 1.0
 CHECKPOINT_MAX_S = 5.0
+QUIET_MS = 250
 HEAD = "head"
 CHECKPOINT = "checkpoint"
 
