@@ -5,9 +5,9 @@
   step's candles and its head go to Redis in one Lua script, fenced by the shard lease.
 - `checkpoint`: the core state covering the stream up to its own `last_id`. It is megabytes for a
   busy shard, so it is written (in the same script) only now and then: at most every
-  `CHECKPOINT_EVERY_S`, at a quiet moment (no candle due to close within `QUIET_MS` of stream
-  time, so that its encoding and sending never delay a boundary's candles), and at least every
-  `CHECKPOINT_MAX_S`.
+  `CHECKPOINT_EVERY_S`, in a step at a quiet moment (no candle closed in it, none due to close
+  within `QUIET_MS` of stream time: its encoding and sending never delay a boundary's candles),
+  and at least every `CHECKPOINT_MAX_S`.
 
 Exactly once: the core is deterministic (its candles depend on the entries only, not on how they
 are split into steps). After a crash the process loads the checkpoint, replays the entries after

@@ -225,7 +225,7 @@ class ShardAggregator:
             full
             or not self._checkpoint_id
             or since >= checkpoint.CHECKPOINT_MAX_S
-            or (since >= checkpoint.CHECKPOINT_EVERY_S and self._quiet(now_ms))
+            or (since >= checkpoint.CHECKPOINT_EVERY_S and not closed and self._quiet(now_ms))
         ):
             saved = checkpoint.encoder.encode(
                 Checkpoint(
@@ -266,9 +266,9 @@ class ShardAggregator:
         self._report(now_ms)
 
     def _quiet(self, now_ms: int) -> bool:
-        """No candle is due to close soon: a good moment for the checkpoint (megabytes to
-        encode and send) not to delay one. The heap may hold stale deadlines: earlier, so
-        this errs on the side of waiting."""
+        """No candle is due to close soon: with no closed candle in the step, a good moment for
+        the checkpoint (megabytes to encode and send) not to delay one. The heap may hold stale
+        deadlines: earlier, so this errs on the side of waiting."""
         deadlines = self.core.state.deadlines
         return not deadlines or deadlines[0] - now_ms >= checkpoint.QUIET_MS
 
