@@ -23,19 +23,29 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import compress
 from operator import mul
 
 from aggregate.corebase import KEEP_BUCKETS, CoreConfig, add_one, ascending, known
 from aggregate.revisions import LateTrades
-from aggregate.state import NEVER, CoreCandle, Level, Record, SymbolState
+from aggregate.state import NEVER, CoreCandle, CoreState, Level, Record, SymbolState
 
 __all__ = ["CandleCore", "CoreConfig"]
 
 
 class CandleCore(LateTrades):
     """One shard's candles for every symbol and interval, from one pass over its stream."""
+
+    def __init__(self, config: CoreConfig, state: CoreState | None = None) -> None:
+        super().__init__(config, state)
+        # Close every candle of a symbol that ends at or before a time, finest level first:
+        # the walk that fits the levels, chosen once.
+        self._advance: Callable[[str, SymbolState, int], None] = self._advance_any
+        if self._nested_always:
+            self._advance = self._advance_nested
+        elif self._nested_dormant:
+            self._advance = self._advance_chain
 
     def trades(
         self,
@@ -58,59 +68,110 @@ class CandleCore(LateTrades):
         base = sym.levels[0]
         t_first = times[0]
         t_last = times[-1]
-        if (
-            base.active
-            and t_first >= base.open_ms
-            and t_last < sym.next_end
-            and (n == 1 or (min(times) == t_first and max(times) == t_last))
-        ):
-            # One base candle, first and last in place: the common case, no per-trade work.
-            self._add(symbol, base, times, prices, sizes, buys, ids)
-        elif not base.active and self._opens_base(sym, times, t_first, t_last):
-            self._add(symbol, base, times, prices, sizes, buys, ids)
-            self._schedule(symbol, sym)
-        else:
-            t_last = max(times)
-            if n == 1 or ascending(times):
-                self._feed_sorted(symbol, sym, times, prices, sizes, buys, ids)
-            else:  # out of order inside one message: one trade at a time, as if sent so
-                for i in range(n - 1):
-                    self._feed_sorted(
-                        symbol, sym, times[i : i + 1], prices[i : i + 1], sizes[i : i + 1],
-                        buys[i : i + 1], ids[i : i + 1],
-                    )  # fmt: skip
-                    if times[i] > sym.max_t:
-                        sym.max_t = times[i]
-                    self._advance_time(times[i])
-                self._feed_sorted(
-                    symbol, sym, times[-1:], prices[-1:], sizes[-1:], buys[-1:], ids[-1:]
-                )
+        done = False
+        if t_last < sym.next_end and (
+            n == 1 or (min(times) == t_first and max(times) == t_last)
+        ):  # first and last in place, closing nothing: the common case, no per-trade work
+            if base.active:
+                if t_first >= base.open_ms:
+                    self._add(symbol, base, times, prices, sizes, buys, ids)
+                    done = True
+            else:
+                done = self._open_base(symbol, sym, base, times, prices, sizes, buys, ids)
+        if not done:
+            t_last = self._feed(symbol, sym, times, prices, sizes, buys, ids)
         if t_last > sym.max_t:
             sym.max_t = t_last
+        if t_last > st.now_ms:
+            st.now_ms = t_last
         if self._updates_ms:
             self._dirty[symbol] = None
-        self._advance_time(t_last)
+            self._advance_time(t_last)
+        elif st.deadlines and st.deadlines[0] <= st.now_ms:
+            self._pop_due(st.now_ms)
 
-    def _opens_base(
-        self, sym: SymbolState, times: Sequence[int], t_first: int, t_last: int
+    def _feed(
+        self,
+        symbol: str,
+        sym: SymbolState,
+        times: Sequence[int],
+        prices: Sequence[int],
+        sizes: Sequence[int],
+        buys: Sequence[bool],
+        ids: Sequence[str],
+    ) -> int:
+        """Any message: trades split by base candle, late ones revised; returns its latest time."""
+        if len(times) == 1 or ascending(times):
+            self._feed_sorted(symbol, sym, times, prices, sizes, buys, ids)
+            return times[-1]
+        # out of order inside one message: one trade at a time, as if sent so
+        for i in range(len(times) - 1):
+            self._feed_sorted(
+                symbol, sym, times[i : i + 1], prices[i : i + 1], sizes[i : i + 1],
+                buys[i : i + 1], ids[i : i + 1],
+            )  # fmt: skip
+            if times[i] > sym.max_t:
+                sym.max_t = times[i]
+            self._advance_time(times[i])
+        self._feed_sorted(symbol, sym, times[-1:], prices[-1:], sizes[-1:], buys[-1:], ids[-1:])
+        return max(times)
+
+    def _open_base(
+        self,
+        name: str,
+        sym: SymbolState,
+        base: Level,
+        times: Sequence[int],
+        prices: Sequence[int],
+        sizes: Sequence[int],
+        buys: Sequence[bool],
+        ids: Sequence[str],
     ) -> bool:
-        """A dormant base (empty candles skipped) and a message that opens one base candle and
-        fits in it, first and last in place, closing nothing: open it and say so."""
-        base_ms = self._base_ms
-        o = t_first - t_first % base_ms
-        if (
-            t_first < sym.next_end
-            and t_last < o + base_ms
-            and t_first >= self._base_limit(sym)
-            and (len(times) == 1 or (min(times) == t_first and max(times) == t_last))
+        """A dormant base (empty candles skipped) and a message that fits in one base candle not
+        closed yet, first and last in place: open the candle with it, and say so."""
+        t_first = times[0]
+        o = t_first - t_first % self._base_ms
+        e = o + self._base_ms
+        if times[-1] >= e:
+            return False
+        st = self.state
+        if (  # the base limit is at most each of these; otherwise work it out
+            (t_first < st.now_ms or t_first < sym.max_t or t_first < base.closed_until)
+            and t_first < self._base_limit(sym)
         ):
-            base = sym.levels[0]
-            base.open_ms = o
-            base.end_ms = sym.next_end = o + base_ms  # coarser ends are later base boundaries
-            base.active = True
-            base.partial = False
-            return True
-        return False
+            return False
+        base.open_ms = o
+        base.end_ms = sym.next_end = e  # coarser ends are later base boundaries
+        base.active = True
+        base.partial = False
+        buckets = self._ids.get(name)
+        if buckets is None:
+            buckets = self._ids[name] = {}
+        seen = set(ids) if o not in buckets else None
+        if seen is None or len(seen) != len(ids):  # ids seen before, or twice in this message
+            self._add(name, base, times, prices, sizes, buys, ids)
+        else:
+            buckets[o] = seen
+            base.cnt = len(ids)
+            base.ft = t_first
+            base.fp = prices[0]
+            base.lt = times[-1]
+            base.lp = prices[-1]
+            base.hi = max(prices)
+            base.lo = min(prices)
+            base.vol = sum(sizes)
+            base.turn = sum(map(mul, prices, sizes))
+            base.buy = sum(compress(sizes, buys))
+        deadline = e + self._latency  # CoreBase._schedule, inlined
+        if deadline != sym.deadline:
+            sym.deadline = deadline
+            names = st.due.get(deadline)
+            if names is None:
+                st.due[deadline] = [name]
+                heapq.heappush(st.deadlines, deadline)
+            else:
+                names.append(name)
+        return True
 
     def clock(self, time_ms: int) -> None:
         """Ingest's clock: everything it received before `time_ms` is already in the stream."""
@@ -241,50 +302,85 @@ class CandleCore(LateTrades):
         """Close what is due, deadline by deadline, symbols of one deadline in name order."""
         st = self.state
         deadlines = st.deadlines
+        due = st.due
         symbols = st.symbols
-        boundary = now - self._latency
+        ids = self._ids
+        latency = self._latency
+        boundary = now - latency
         while deadlines and deadlines[0] <= now:
             deadline = heapq.heappop(deadlines)
-            names = st.due.pop(deadline)
+            names = due.pop(deadline)
             if len(names) > 1:
                 names.sort()
             for name in names:
                 sym = symbols[name]
                 if sym.deadline != deadline:
                     continue  # rescheduled since
-                sym.deadline = -1
                 self._advance(name, sym, boundary)
-                if sym.gaps or len(self._ids.get(name, ())) > KEEP_BUCKETS:
+                if sym.gaps or len(ids.get(name, ())) > KEEP_BUCKETS:
                     self._prune(name, sym)
-                self._schedule(name, sym)
+                # CoreBase._schedule, inlined: the next deadline is later than this one
+                end = sym.next_end
+                if end >= NEVER:
+                    sym.deadline = -1
+                    continue
+                sym.deadline = end = end + latency
+                queued = due.get(end)
+                if queued is None:
+                    due[end] = [name]
+                    heapq.heappush(deadlines, end)
+                else:
+                    queued.append(name)
 
-    def _advance(self, name: str, sym: SymbolState, boundary: int) -> None:
-        """Close every candle of `sym` that ends at or before `boundary`, finest level first."""
+    def _advance_nested(self, name: str, sym: SymbolState, boundary: int) -> None:
+        """`_advance` when every level is always open and each nests the one before: ends never
+        decrease along the levels, so the first level with nothing to close ends the walk."""
         plain = self._plain_empty
         levels = sym.levels
-        if self._nested_always:
-            # Every level always open and each nesting the one before: ends never decrease
-            # along the levels, so the first level with nothing to close ends the walk.
-            for k, lv in enumerate(levels):
-                if lv.end_ms > boundary:
-                    break
-                while lv.end_ms <= boundary:
-                    if plain[k] and not lv.cnt and not lv.partial and not sym.gaps:
-                        self._close_empty(name, lv, k)
-                    else:
-                        self._close(name, sym, k)
-            sym.next_end = levels[0].end_ms
-            return
-        end = NEVER
         for k, lv in enumerate(levels):
-            while lv.active and lv.end_ms <= boundary:
+            if lv.end_ms > boundary:
+                break
+            while lv.end_ms <= boundary:
                 if plain[k] and not lv.cnt and not lv.partial and not sym.gaps:
                     self._close_empty(name, lv, k)
                 else:
                     self._close(name, sym, k)
-            if lv.active and lv.end_ms < end:  # closing folds only into coarser levels
-                end = lv.end_ms
+        sym.next_end = levels[0].end_ms
+
+    def _advance_chain(self, name: str, sym: SymbolState, boundary: int) -> None:
+        """`_advance` when levels are dormant between candles and each nests the one before.
+
+        Every open candle holds a time by which no open candle ends (a trade at or after an
+        end proves that candle complete), so the ends of open candles never decrease along the
+        levels: the first open one not due is the next end.
+        """
+        for k, lv in enumerate(sym.levels):
+            if lv.active:
+                if lv.end_ms > boundary:
+                    sym.next_end = lv.end_ms
+                    return
+                self._close_due(name, sym, k, boundary)  # dormant then
+        sym.next_end = NEVER
+
+    def _advance_any(self, name: str, sym: SymbolState, boundary: int) -> None:
+        """Close every candle of `sym` that ends at or before `boundary`, finest level first."""
+        end = NEVER
+        for k, lv in enumerate(sym.levels):
+            if lv.active:
+                if lv.end_ms <= boundary:
+                    self._close_due(name, sym, k, boundary)
+                if lv.active and lv.end_ms < end:  # closing folds only into coarser levels
+                    end = lv.end_ms
         sym.next_end = end
+
+    def _close_due(self, name: str, sym: SymbolState, k: int, boundary: int) -> None:
+        lv = sym.levels[k]
+        plain = self._plain_empty[k]
+        while lv.active and lv.end_ms <= boundary:
+            if plain and not lv.cnt and not lv.partial and not sym.gaps:
+                self._close_empty(name, lv, k)
+            else:
+                self._close(name, sym, k)
 
     def _close_empty(self, name: str, lv: Level, k: int) -> None:
         """`_close` for the most common candle of all: emitted, empty, no gap, fixed length."""
@@ -302,35 +398,39 @@ class CandleCore(LateTrades):
         lv.end_ms = e + self.plan[k].fixed_ms
 
     def _close(self, name: str, sym: SymbolState, k: int) -> None:
+        """Emit level `k`'s candle, keep its record, fold it into the levels it feeds."""
         lv = sym.levels[k]
-        plan = self.plan[k]
         cnt = lv.cnt
-        if plan.visible >= 0:
+        visible = self._visible[k]
+        if visible >= 0:
+            open_ms = lv.open_ms
             prev = lv.prev_close
-            if cnt == 0:
-                o = h = low = c = known(prev)
-            elif prev is not None and self._bybit:
-                o, h, low, c = prev, (lv.hi if lv.hi > prev else prev), lv.lo, lv.lp
-                if prev < low:
-                    low = prev
-            else:
-                o, h, low, c = lv.fp, lv.hi, lv.lo, lv.lp
-            gap = bool(sym.gaps) and self._overlaps_gap(sym, lv.open_ms, lv.end_ms)
-            shown = not lv.partial and (cnt > 0 or self._emit_empty)
+            hi = lv.hi
+            low = lv.lo
+            c = lv.lp if cnt else known(prev)
+            if not cnt:
+                o = h = low = c
+            elif prev is None or not self._bybit:
+                o, h = lv.fp, hi
+            else:  # Bybit's open rule: open = previous close, high and low include it
+                o, h, low = prev, (hi if hi > prev else prev), (low if low < prev else prev)
+            gap = bool(sym.gaps) and self._overlaps_gap(sym, open_ms, lv.end_ms)
+            partial = lv.partial
+            shown = not partial and (cnt > 0 or self._emit_empty)
             if shown:
                 self.state.counters.candles += 1
                 self.out.append(
                     CoreCandle(
-                        name, plan.visible, lv.open_ms, o, h, low, c, lv.vol, lv.turn, lv.buy,
-                        cnt, 0, gap,
+                        name, visible, open_ms, o, h, low, c, lv.vol, lv.turn, lv.buy, cnt, 0,
+                        gap,
                     )
                 )  # fmt: skip
             if self._window:
                 records = lv.records
                 records.append(
                     Record(
-                        lv.open_ms, lv.end_ms, cnt, lv.ft, lv.fp, lv.lt, lv.lp, lv.hi, lv.lo,
-                        lv.vol, lv.turn, lv.buy, lv.partial, gap, 0 if shown else -1, o, h, low, c,
+                        open_ms, lv.end_ms, cnt, lv.ft, lv.fp, lv.lt, lv.lp, hi, lv.lo, lv.vol,
+                        lv.turn, lv.buy, partial, gap, 0 if shown else -1, o, h, low, c,
                     )
                 )  # fmt: skip
                 if len(records) > self._prune_at[k]:
@@ -344,7 +444,7 @@ class CandleCore(LateTrades):
         lv.closed_until = end = lv.end_ms
         if self._emit_empty:
             lv.open_ms = end
-            lv.end_ms = plan.next_open(end)
+            lv.end_ms = self.plan[k].next_open(end)
             lv.partial = False
         else:
             lv.active = False
@@ -353,24 +453,31 @@ class CandleCore(LateTrades):
     def _fold(self, name: str, sym: SymbolState, k: int, src: Level) -> None:
         """Fold the closed candle `src` (a finer level's) into level `k`'s open candle."""
         lv = sym.levels[k]
-        while lv.active and lv.end_ms <= src.open_ms:
-            self._close(name, sym, k)
-        if not lv.active:
-            plan = self.plan[k]
-            lv.open_ms = plan.floor(src.open_ms)
-            lv.end_ms = plan.next_open(lv.open_ms)
-            lv.active = True
-            lv.partial = False
+        if not lv.active or lv.end_ms <= src.open_ms:
+            self._fold_target(name, sym, k, src.open_ms)
         # corebase.merge(lv, src), inlined: this runs for every candle that closes (keep in step)
-        if lv.cnt == 0:
+        if lv.cnt == 0:  # then its sums are 0 as well
             lv.ft, lv.fp, lv.hi, lv.lo = src.ft, src.fp, src.hi, src.lo
+            lv.cnt, lv.vol, lv.turn, lv.buy = src.cnt, src.vol, src.turn, src.buy
         else:
             if src.hi > lv.hi:
                 lv.hi = src.hi
             if src.lo < lv.lo:
                 lv.lo = src.lo
+            lv.cnt += src.cnt
+            lv.vol += src.vol
+            lv.turn += src.turn
+            lv.buy += src.buy
         lv.lt, lv.lp = src.lt, src.lp
-        lv.cnt += src.cnt
-        lv.vol += src.vol
-        lv.turn += src.turn
-        lv.buy += src.buy
+
+    def _fold_target(self, name: str, sym: SymbolState, k: int, time_ms: int) -> None:
+        """Make level `k`'s open candle the one holding `time_ms`, closing what ended before."""
+        lv = sym.levels[k]
+        while lv.active and lv.end_ms <= time_ms:
+            self._close(name, sym, k)
+        if not lv.active:
+            plan = self.plan[k]
+            lv.open_ms = plan.floor(time_ms)
+            lv.end_ms = plan.next_open(lv.open_ms)
+            lv.active = True
+            lv.partial = False

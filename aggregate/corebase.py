@@ -95,6 +95,7 @@ class CoreBase:
             if level.feeder >= 0:
                 self._consumers[level.feeder].append(index)
         self._feeders = [level.feeder for level in self.plan]
+        self._visible = [level.visible for level in self.plan]
         self._base_ms = self.plan[0].fixed_ms
         self._latency = config.waiter_latency_ms
         self._window = config.revision_window_ms
@@ -102,11 +103,12 @@ class CoreBase:
         self._emit_empty = config.emit_empty
         self._max_len = max(level.max_len_ms for level in self.plan)
         self._updates_ms = config.updates_ms
-        # Empty candles emitted (no level ever dormant) and a chain of levels, each fed by the
-        # one before: CandleCore._advance walks levels only while they have candles to close.
-        self._nested_always = self._emit_empty and self._feeders == list(
-            range(-1, len(self.plan) - 1)
-        )
+        # A chain of levels, each fed by the one before, with empty candles emitted (no level
+        # ever dormant) or not: CandleCore._advance walks levels only while they have candles
+        # to close.
+        chain = self._feeders == list(range(-1, len(self.plan) - 1))
+        self._nested_always = self._emit_empty and chain
+        self._nested_dormant = not self._emit_empty and chain
         # Levels whose empty candles take the short path (CandleCore._close_empty).
         self._plain_empty = [
             self._emit_empty and plan.visible >= 0 and plan.fixed_ms > 0 for plan in self.plan
@@ -203,7 +205,9 @@ class CoreBase:
     def _prune(self, name: str, sym: SymbolState) -> None:
         buckets = self._ids.get(name)
         if buckets and len(buckets) > KEEP_BUCKETS:
-            for open_ms in [o for o in buckets if self._bucket_expired(sym, o)]:
+            # _bucket_expired, for every bucket at once
+            last = min(self.state.now_ms - self._window, self._base_limit(sym)) - self._base_ms
+            for open_ms in [o for o in buckets if o <= last]:
                 del buckets[open_ms]
         if sym.gaps:
             horizon = self.state.now_ms - self._window - self._max_len
