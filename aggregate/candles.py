@@ -140,28 +140,24 @@ class CandleCore(LateTrades):
             and t_first < self._base_limit(sym)
         ):
             return False
-        base.open_ms = o
-        base.end_ms = sym.next_end = e  # coarser ends are later base boundaries
-        base.active = True
-        base.partial = False
         buckets = self._ids.get(name)
         if buckets is None:
             buckets = self._ids[name] = {}
         seen = set(ids) if o not in buckets else None
+        sym.next_end = e  # coarser ends are later base boundaries
         if seen is None or len(seen) != len(ids):  # ids seen before, or twice in this message
+            base.open_ms = o
+            base.end_ms = e
+            base.active = True
+            base.partial = False
             self._add(name, base, times, prices, sizes, buys, ids)
-        else:
+        else:  # a new Level: one allocation instead of a store per field
             buckets[o] = seen
-            base.cnt = len(ids)
-            base.ft = t_first
-            base.fp = prices[0]
-            base.lt = times[-1]
-            base.lp = prices[-1]
-            base.hi = max(prices)
-            base.lo = min(prices)
-            base.vol = sum(sizes)
-            base.turn = sum(map(mul, prices, sizes))
-            base.buy = sum(compress(sizes, buys))
+            sym.levels[0] = Level(
+                o, e, True, False, base.closed_until, len(ids), t_first, prices[0], times[-1],
+                prices[-1], max(prices), min(prices), sum(sizes), sum(map(mul, prices, sizes)),
+                sum(compress(sizes, buys)), base.prev_close, base.pruned_close, base.records,
+            )  # fmt: skip
         deadline = e + self._latency  # CoreBase._schedule, inlined
         if deadline != sym.deadline:
             sym.deadline = deadline
@@ -359,7 +355,7 @@ class CandleCore(LateTrades):
                 if lv.end_ms > boundary:
                     sym.next_end = lv.end_ms
                     return
-                self._close_due(name, sym, k, boundary)  # dormant then
+                self._close(name, sym, k)  # dormant then: nothing folds into it here
         sym.next_end = NEVER
 
     def _advance_any(self, name: str, sym: SymbolState, boundary: int) -> None:
@@ -453,8 +449,18 @@ class CandleCore(LateTrades):
     def _fold(self, name: str, sym: SymbolState, k: int, src: Level) -> None:
         """Fold the closed candle `src` (a finer level's) into level `k`'s open candle."""
         lv = sym.levels[k]
-        if not lv.active or lv.end_ms <= src.open_ms:
-            self._fold_target(name, sym, k, src.open_ms)
+        open_ms = src.open_ms
+        while lv.active and lv.end_ms <= open_ms:
+            self._close(name, sym, k)
+        if not lv.active:  # the next candle of a dormant level: a new Level, one allocation
+            plan = self.plan[k]
+            o = plan.floor(open_ms)
+            sym.levels[k] = Level(
+                o, plan.next_open(o), True, False, lv.closed_until, src.cnt, src.ft, src.fp,
+                src.lt, src.lp, src.hi, src.lo, src.vol, src.turn, src.buy, lv.prev_close,
+                lv.pruned_close, lv.records,
+            )  # fmt: skip
+            return
         # corebase.merge(lv, src), inlined: this runs for every candle that closes (keep in step)
         if lv.cnt == 0:  # then its sums are 0 as well
             lv.ft, lv.fp, lv.hi, lv.lo = src.ft, src.fp, src.hi, src.lo
@@ -469,15 +475,3 @@ class CandleCore(LateTrades):
             lv.turn += src.turn
             lv.buy += src.buy
         lv.lt, lv.lp = src.lt, src.lp
-
-    def _fold_target(self, name: str, sym: SymbolState, k: int, time_ms: int) -> None:
-        """Make level `k`'s open candle the one holding `time_ms`, closing what ended before."""
-        lv = sym.levels[k]
-        while lv.active and lv.end_ms <= time_ms:
-            self._close(name, sym, k)
-        if not lv.active:
-            plan = self.plan[k]
-            lv.open_ms = plan.floor(time_ms)
-            lv.end_ms = plan.next_open(lv.open_ms)
-            lv.active = True
-            lv.partial = False

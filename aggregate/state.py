@@ -39,7 +39,11 @@ class Record(msgspec.Struct, array_like=True, gc=False):
 
 
 class Level(msgspec.Struct, array_like=True, gc=False):
-    """One symbol's candles at one level (an interval, or the hidden base grid)."""
+    """One symbol's candles at one level (an interval, or the hidden base grid).
+
+    The next candle of a dormant level is a new `Level` (one allocation is cheaper than a store
+    per field): hold `SymbolState.levels[k]`, not a `Level`, across anything that may fold.
+    """
 
     open_ms: int = 0
     end_ms: int = 0
