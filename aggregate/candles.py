@@ -74,7 +74,7 @@ class CandleCore(LateTrades):
         ):  # first and last in place, closing nothing: the common case, no per-trade work
             if base.active:
                 if t_first >= base.open_ms:
-                    self._add(symbol, base, times, prices, sizes, buys, ids)
+                    self._add(symbol, sym, base, times, prices, sizes, buys, ids)
                     done = True
             else:
                 done = self._open_base(symbol, sym, base, times, prices, sizes, buys, ids)
@@ -141,8 +141,8 @@ class CandleCore(LateTrades):
         ):
             return False
         buckets = self._ids.get(name)
-        if buckets is None:
-            buckets = self._ids[name] = {}
+        if buckets is None or len(buckets) >= KEEP_BUCKETS:
+            buckets = self._buckets(name, sym)
         seen = set(ids) if o not in buckets else None
         sym.next_end = e  # coarser ends are later base boundaries
         if seen is None or len(seen) != len(ids):  # ids seen before, or twice in this message
@@ -150,7 +150,7 @@ class CandleCore(LateTrades):
             base.end_ms = e
             base.active = True
             base.partial = False
-            self._add(name, base, times, prices, sizes, buys, ids)
+            self._add(name, sym, base, times, prices, sizes, buys, ids)
         else:  # a new Level: one allocation instead of a store per field
             buckets[o] = seen
             sym.levels[0] = Level(
@@ -176,6 +176,7 @@ class CandleCore(LateTrades):
     def _add(
         self,
         name: str,
+        sym: SymbolState,
         lv: Level,
         times: Sequence[int],
         prices: Sequence[int],
@@ -185,11 +186,9 @@ class CandleCore(LateTrades):
     ) -> None:
         """Trades that all belong to the open base candle `lv`, first and last in place."""
         buckets = self._ids.get(name)
-        if buckets is None:
-            buckets = self._ids[name] = {}
-        seen = buckets.get(lv.open_ms)
+        seen = None if buckets is None else buckets.get(lv.open_ms)
         if seen is None:
-            seen = buckets[lv.open_ms] = set()
+            seen = self._bucket(name, sym, lv.open_ms)
         n = len(ids)
         if seen.isdisjoint(ids):
             before = len(seen)
@@ -266,8 +265,8 @@ class CandleCore(LateTrades):
             t = times[i]
             if t >= sym.next_end:
                 self._advance(name, sym, t)
-                if sym.gaps or len(self._ids.get(name, ())) > KEEP_BUCKETS:
-                    self._prune(name, sym)
+                if sym.gaps:
+                    self._prune_gaps(sym)
             if not base.active:
                 base.open_ms = base_plan.floor(t)
                 base.end_ms = base_plan.next_open(base.open_ms)
@@ -277,9 +276,9 @@ class CandleCore(LateTrades):
                     sym.next_end = base.end_ms
             j = bisect_left(times, base.end_ms, i)
             if i == 0 and j == n:
-                self._add(name, base, times, prices, sizes, buys, ids)
+                self._add(name, sym, base, times, prices, sizes, buys, ids)
             else:
-                self._add(name, base, times[i:j], prices[i:j], sizes[i:j], buys[i:j], ids[i:j])
+                self._add(name, sym, base, times[i:j], prices[i:j], sizes[i:j], buys[i:j], ids[i:j])
             i = j
         self._schedule(name, sym)
 
@@ -300,7 +299,6 @@ class CandleCore(LateTrades):
         deadlines = st.deadlines
         due = st.due
         symbols = st.symbols
-        ids = self._ids
         latency = self._latency
         boundary = now - latency
         while deadlines and deadlines[0] <= now:
@@ -313,8 +311,8 @@ class CandleCore(LateTrades):
                 if sym.deadline != deadline:
                     continue  # rescheduled since
                 self._advance(name, sym, boundary)
-                if sym.gaps or len(ids.get(name, ())) > KEEP_BUCKETS:
-                    self._prune(name, sym)
+                if sym.gaps:
+                    self._prune_gaps(sym)
                 # CoreBase._schedule, inlined: the next deadline is later than this one
                 end = sym.next_end
                 if end >= NEVER:

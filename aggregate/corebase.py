@@ -141,7 +141,7 @@ class CoreBase:
         for t, trade_id in zip(times, ids, strict=True):
             o = t - t % self._base_ms
             if not self._bucket_expired(sym, o):
-                self._bucket(symbol, o).add(trade_id)
+                self._bucket(symbol, sym, o).add(trade_id)
 
     def take(self) -> list[CoreCandle]:
         out, self.out = self.out, []
@@ -176,14 +176,25 @@ class CoreBase:
             else:
                 names.append(name)
 
-    def _bucket(self, name: str, open_ms: int) -> set[str]:
-        buckets = self._ids.get(name)
-        if buckets is None:
-            buckets = self._ids[name] = {}
+    def _bucket(self, name: str, sym: SymbolState, open_ms: int) -> set[str]:
+        buckets = self._buckets(name, sym)
         seen = buckets.get(open_ms)
         if seen is None:
             seen = buckets[open_ms] = set()
         return seen
+
+    def _buckets(self, name: str, sym: SymbolState) -> dict[int, set[str]]:
+        """`name`'s id sets by base-grid open; about to take one more, so the expired ones go
+        when there are many."""
+        buckets = self._ids.get(name)
+        if buckets is None:
+            buckets = self._ids[name] = {}
+        elif len(buckets) >= KEEP_BUCKETS:
+            # _bucket_expired, for every bucket at once
+            last = min(self.state.now_ms - self._window, self._base_limit(sym)) - self._base_ms
+            for open_ms in [o for o in buckets if o <= last]:
+                del buckets[open_ms]
+        return buckets
 
     def _bucket_expired(self, sym: SymbolState, open_ms: int) -> bool:
         """No trade of this base candle can be taken any more: its ids may be forgotten."""
@@ -202,16 +213,9 @@ class CoreBase:
         proven = max(sym.max_t, self.state.now_ms - self._latency)
         return max(base.closed_until, self.plan[0].floor(proven))
 
-    def _prune(self, name: str, sym: SymbolState) -> None:
-        buckets = self._ids.get(name)
-        if buckets and len(buckets) > KEEP_BUCKETS:
-            # _bucket_expired, for every bucket at once
-            last = min(self.state.now_ms - self._window, self._base_limit(sym)) - self._base_ms
-            for open_ms in [o for o in buckets if o <= last]:
-                del buckets[open_ms]
-        if sym.gaps:
-            horizon = self.state.now_ms - self._window - self._max_len
-            sym.gaps = [g for g in sym.gaps if g[1] >= horizon]
+    def _prune_gaps(self, sym: SymbolState) -> None:
+        horizon = self.state.now_ms - self._window - self._max_len
+        sym.gaps = [g for g in sym.gaps if g[1] >= horizon]
 
     @staticmethod
     def _overlaps_gap(sym: SymbolState, open_ms: int, end_ms: int) -> bool:

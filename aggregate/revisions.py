@@ -50,7 +50,7 @@ class LateTrades(CoreBase):
         if st.now_ms - t > self._window or t < sym.start_floor:
             st.counters.dropped += 1
             return
-        seen = self._bucket(name, t - t % self._base_ms)
+        seen = self._bucket(name, sym, t - t % self._base_ms)
         if trade_id in seen:
             st.counters.duplicates += 1
             return
