@@ -202,19 +202,27 @@ class CandleCore(LateTrades):
             return
         hi = max(prices)
         lo = min(prices)
-        if lv.cnt == 0:
+        if lv.cnt == 0:  # its other fields are left from an earlier candle
+            lv.ft, lv.fp, lv.lt, lv.lp, lv.hi, lv.lo = (
+                times[0],
+                prices[0],
+                times[-1],
+                prices[-1],
+                hi,
+                lo,
+            )
+            lv.cnt = n
+            lv.vol = sum(sizes)
+            lv.turn = sum(map(mul, prices, sizes))
+            lv.buy = sum(compress(sizes, buys))
+            return
+        if hi > lv.hi:
+            lv.hi = hi
+        if lo < lv.lo:
+            lv.lo = lo
+        if times[0] < lv.ft:  # a trade from before, delivered late within the wait
             lv.ft = times[0]
             lv.fp = prices[0]
-            lv.hi = hi
-            lv.lo = lo
-        else:
-            if hi > lv.hi:
-                lv.hi = hi
-            if lo < lv.lo:
-                lv.lo = lo
-            if times[0] < lv.ft:  # a trade from before, delivered late within the wait
-                lv.ft = times[0]
-                lv.fp = prices[0]
         if times[-1] >= lv.lt:
             lv.lt = times[-1]
             lv.lp = prices[-1]
@@ -396,42 +404,35 @@ class CandleCore(LateTrades):
         lv = sym.levels[k]
         cnt = lv.cnt
         visible = self._visible[k]
-        if visible >= 0:
+        if cnt and visible >= 0 and not lv.partial and not sym.gaps:
+            # The common candle (shown, with trades, no gap): _close_any, shortened.
             open_ms = lv.open_ms
             prev = lv.prev_close
             hi = lv.hi
-            low = lv.lo
-            c = lv.lp if cnt else known(prev)
-            if not cnt:
-                o = h = low = c
-            elif prev is None or not self._bybit:
-                o, h = lv.fp, hi
+            lo = lv.lo
+            c = lv.lp
+            vol = lv.vol
+            turn = lv.turn
+            buy = lv.buy
+            if prev is None or not self._bybit:
+                o, h, low = lv.fp, hi, lo
             else:  # Bybit's open rule: open = previous close, high and low include it
-                o, h, low = prev, (hi if hi > prev else prev), (low if low < prev else prev)
-            gap = bool(sym.gaps) and self._overlaps_gap(sym, open_ms, lv.end_ms)
-            partial = lv.partial
-            shown = not partial and (cnt > 0 or self._emit_empty)
-            if shown:
-                self.state.counters.candles += 1
-                self.out.append(
-                    CoreCandle(
-                        name, visible, open_ms, o, h, low, c, lv.vol, lv.turn, lv.buy, cnt, 0,
-                        gap,
-                    )
-                )  # fmt: skip
+                o, h, low = prev, (hi if hi > prev else prev), (lo if lo < prev else prev)
+            self.state.counters.candles += 1
+            self.out.append(CoreCandle(name, visible, open_ms, o, h, low, c, vol, turn, buy, cnt))
             if self._window:
                 records = lv.records
                 records.append(
                     Record(
-                        open_ms, lv.end_ms, cnt, lv.ft, lv.fp, lv.lt, lv.lp, hi, lv.lo, lv.vol,
-                        lv.turn, lv.buy, partial, gap, 0 if shown else -1, o, h, low, c,
+                        open_ms, lv.end_ms, cnt, lv.ft, lv.fp, lv.lt, c, hi, lo, vol, turn, buy,
+                        False, False, 0, o, h, low, c,
                     )
                 )  # fmt: skip
                 if len(records) > self._prune_at[k]:
                     self._prune_records(lv)
             lv.prev_close = c
-        elif cnt:
-            lv.prev_close = lv.lp
+        else:
+            self._close_any(name, sym, k, lv)
         if cnt:
             for consumer in self._consumers[k]:
                 self._fold(name, sym, consumer, lv)
@@ -442,7 +443,44 @@ class CandleCore(LateTrades):
             lv.partial = False
         else:
             lv.active = False
-        lv.cnt = lv.vol = lv.turn = lv.buy = 0
+        lv.cnt = 0  # its other fields are left as they are: see Level
+
+    def _close_any(self, name: str, sym: SymbolState, k: int, lv: Level) -> None:
+        """The candle's part of `_close`: emitted if shown, kept as a record, its close noted."""
+        cnt = lv.cnt
+        visible = self._visible[k]
+        if visible < 0:
+            if cnt:
+                lv.prev_close = lv.lp
+            return
+        open_ms = lv.open_ms
+        prev = lv.prev_close
+        c = lv.lp if cnt else known(prev)
+        vol, turn, buy = (lv.vol, lv.turn, lv.buy) if cnt else (0, 0, 0)
+        if not cnt:
+            o = h = low = c
+        elif prev is None or not self._bybit:
+            o, h, low = lv.fp, lv.hi, lv.lo
+        else:
+            o, h, low = prev, max(lv.hi, prev), min(lv.lo, prev)
+        gap = bool(sym.gaps) and self._overlaps_gap(sym, open_ms, lv.end_ms)
+        shown = not lv.partial and (cnt > 0 or self._emit_empty)
+        if shown:
+            self.state.counters.candles += 1
+            self.out.append(
+                CoreCandle(name, visible, open_ms, o, h, low, c, vol, turn, buy, cnt, 0, gap)
+            )
+        if self._window:
+            records = lv.records
+            records.append(
+                Record(
+                    open_ms, lv.end_ms, cnt, lv.ft, lv.fp, lv.lt, lv.lp, lv.hi, lv.lo, vol, turn,
+                    buy, lv.partial, gap, 0 if shown else -1, o, h, low, c,
+                )
+            )  # fmt: skip
+            if len(records) > self._prune_at[k]:
+                self._prune_records(lv)
+        lv.prev_close = c
 
     def _fold(self, name: str, sym: SymbolState, k: int, src: Level) -> None:
         """Fold the closed candle `src` (a finer level's) into level `k`'s open candle."""
@@ -451,16 +489,22 @@ class CandleCore(LateTrades):
         while lv.active and lv.end_ms <= open_ms:
             self._close(name, sym, k)
         if not lv.active:  # the next candle of a dormant level: a new Level, one allocation
-            plan = self.plan[k]
-            o = plan.floor(open_ms)
+            fixed = self._fixed[k]
+            if fixed:
+                o = open_ms - open_ms % fixed
+                e = o + fixed
+            else:
+                plan = self.plan[k]
+                o = plan.floor(open_ms)
+                e = plan.next_open(o)
             sym.levels[k] = Level(
-                o, plan.next_open(o), True, False, lv.closed_until, src.cnt, src.ft, src.fp,
+                o, e, True, False, lv.closed_until, src.cnt, src.ft, src.fp,
                 src.lt, src.lp, src.hi, src.lo, src.vol, src.turn, src.buy, lv.prev_close,
                 lv.pruned_close, lv.records,
             )  # fmt: skip
             return
         # corebase.merge(lv, src), inlined: this runs for every candle that closes (keep in step)
-        if lv.cnt == 0:  # then its sums are 0 as well
+        if lv.cnt == 0:  # its other fields are left from an earlier candle
             lv.ft, lv.fp, lv.hi, lv.lo = src.ft, src.fp, src.hi, src.lo
             lv.cnt, lv.vol, lv.turn, lv.buy = src.cnt, src.vol, src.turn, src.buy
         else:

@@ -39,18 +39,22 @@ def ascending(times: Sequence[int]) -> bool:
 
 def add_one(lv: Level | Record, t: int, p: int, s: int, buy: bool) -> None:
     """Add one trade; `t` ties go after what is there (it arrived later)."""
-    if lv.cnt == 0:
+    if lv.cnt == 0:  # its other fields may be left from an earlier candle (see Level)
         lv.ft = lv.lt = t
         lv.fp = lv.lp = lv.hi = lv.lo = p
-    else:
-        if t < lv.ft:
-            lv.ft, lv.fp = t, p
-        if t >= lv.lt:
-            lv.lt, lv.lp = t, p
-        if p > lv.hi:
-            lv.hi = p
-        if p < lv.lo:
-            lv.lo = p
+        lv.cnt = 1
+        lv.vol = s
+        lv.turn = s * p
+        lv.buy = s if buy else 0
+        return
+    if t < lv.ft:
+        lv.ft, lv.fp = t, p
+    if t >= lv.lt:
+        lv.lt, lv.lp = t, p
+    if p > lv.hi:
+        lv.hi = p
+    if p < lv.lo:
+        lv.lo = p
     lv.cnt += 1
     lv.vol += s
     lv.turn += s * p
@@ -60,18 +64,19 @@ def add_one(lv: Level | Record, t: int, p: int, s: int, buy: bool) -> None:
 
 def merge(lv: Level, src: Level) -> None:
     """Fold `src` (a later stretch of time) into `lv`."""
-    if lv.cnt == 0:
+    if lv.cnt == 0:  # its other fields may be left from an earlier candle (see Level)
         lv.ft, lv.fp, lv.hi, lv.lo = src.ft, src.fp, src.hi, src.lo
+        lv.cnt, lv.vol, lv.turn, lv.buy = src.cnt, src.vol, src.turn, src.buy
     else:
         if src.hi > lv.hi:
             lv.hi = src.hi
         if src.lo < lv.lo:
             lv.lo = src.lo
+        lv.cnt += src.cnt
+        lv.vol += src.vol
+        lv.turn += src.turn
+        lv.buy += src.buy
     lv.lt, lv.lp = src.lt, src.lp
-    lv.cnt += src.cnt
-    lv.vol += src.vol
-    lv.turn += src.turn
-    lv.buy += src.buy
 
 
 def known(prev: int | None) -> int:
@@ -96,6 +101,7 @@ class CoreBase:
                 self._consumers[level.feeder].append(index)
         self._feeders = [level.feeder for level in self.plan]
         self._visible = [level.visible for level in self.plan]
+        self._fixed = [level.fixed_ms for level in self.plan]
         self._base_ms = self.plan[0].fixed_ms
         self._latency = config.waiter_latency_ms
         self._window = config.revision_window_ms

@@ -43,6 +43,8 @@ class Level(msgspec.Struct, array_like=True, gc=False):
 
     The next candle of a dormant level is a new `Level` (one allocation is cheaper than a store
     per field): hold `SymbolState.levels[k]`, not a `Level`, across anything that may fold.
+    With `cnt` 0 the other statistics mean nothing (a close only sets `cnt` to 0): whatever
+    adds to an empty candle sets them.
     """
 
     open_ms: int = 0
