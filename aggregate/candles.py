@@ -143,6 +143,10 @@ class CandleCore(LateTrades):
         buckets = self._ids.get(name)
         if buckets is None or len(buckets) >= KEEP_BUCKETS:
             buckets = self._buckets(name, sym)
+        elif buckets and max(buckets) + self._base_ms <= min(
+            st.now_ms - self._window, base.closed_until
+        ):  # all expired (a quiet symbol; the base limit is past the last close): gone at once
+            buckets.clear()
         seen = set(ids) if o not in buckets else None
         sym.next_end = e  # coarser ends are later base boundaries
         if seen is None or len(seen) != len(ids):  # ids seen before, or twice in this message
@@ -422,6 +426,10 @@ class CandleCore(LateTrades):
             self.out.append(CoreCandle(name, visible, open_ms, o, h, low, c, vol, turn, buy, cnt))
             if self._window:
                 records = lv.records
+                if records and records[-1].end_ms <= self.state.now_ms - self._window:
+                    # all expired (a quiet symbol): gone at once, before they pile up
+                    lv.pruned_close = records[-1].c
+                    records.clear()
                 records.append(
                     Record(
                         open_ms, lv.end_ms, cnt, lv.ft, lv.fp, lv.lt, c, hi, lo, vol, turn, buy,
@@ -472,6 +480,9 @@ class CandleCore(LateTrades):
             )
         if self._window:
             records = lv.records
+            if records and records[-1].end_ms <= self.state.now_ms - self._window:
+                lv.pruned_close = records[-1].c  # all expired: gone at once
+                records.clear()
             records.append(
                 Record(
                     open_ms, lv.end_ms, cnt, lv.ft, lv.fp, lv.lt, lv.lp, lv.hi, lv.lo, vol, turn,
