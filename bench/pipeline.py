@@ -159,6 +159,9 @@ def _rows(label: str, r: Result, with_memory: bool) -> list[Row]:
             "ms",
             target="≤ 25 ms",
         ),
+        Row(stage, "of which: aggregator write − (end + waiter), p50", pct(r.written_ms, 50), "ms"),
+        Row(stage, "of which: aggregator write − (end + waiter), p99", pct(r.written_ms, 99), "ms"),
+        Row(stage, "of which: arrival − aggregator write, p99", pct(r.hop_ms, 99), "ms"),
         Row(stage, "trade-stream lag p99 (Redis id − trade time)", pct(r.trade_lag_ms, 99), "ms"),
         Row(stage, "aggregator lag p99 (wall − stream time)", pct(r.agg_lag_ms, 99), "ms"),
     ]

@@ -44,6 +44,7 @@ class _Head(msgspec.Struct):
 
 
 _heads = msgspec.json.Decoder(list[_Head])
+_head = msgspec.json.Decoder(_Head)
 
 
 @dataclass
@@ -55,6 +56,8 @@ class Result:
     trade_lag_ms: list[int] = field(default_factory=list)
     agg_lag_ms: list[float] = field(default_factory=list)
     delay_ms: list[int] = field(default_factory=list)
+    written_ms: list[int] = field(default_factory=list)  # aggregator write − (end + waiter)
+    hop_ms: list[int] = field(default_factory=list)  # arrival − aggregator write
     rss_mb: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
     redis_mb: float = 0.0
@@ -266,7 +269,29 @@ class Run:
         result.rss_mb = {name: _proc_status(pid, "VmHWM") for name, pid in pids.items()}
         assert self.arrivals is not None
         result.delay_ms, seen = self.arrivals.delays(start_ms, start_ms + int(elapsed * 1000))
+        self._breakdown(result, start_ms, start_ms + int(elapsed * 1000))
         self._memory(result, entries / elapsed, len(seen))
+
+    def _breakdown(self, result: Result, from_ms: int, to_ms: int) -> None:
+        """Split each delay at the aggregator's write (its candle stream entry's id time)."""
+        assert self.arrivals is not None
+        written: dict[tuple[str, int, int], int] = {}
+        for shard in range(SHARDS):
+            rows: Any = self.client.xrange(self.pipe.keys.klines(shard), min=str(from_ms - 5000))
+            for entry_id, fields in rows:
+                head = _head.decode(fields[b"data"])
+                if head.revision == 0:
+                    written[head.symbol, head.interval, head.timestamp] = int(
+                        entry_id.split(b"-", 1)[0]
+                    )
+        for arrival_ms, data in list(self.arrivals.frames):
+            if not from_ms <= arrival_ms < to_ms:
+                continue
+            for head in _heads.decode(data):
+                at = written.get((head.symbol, head.interval, head.timestamp))
+                if head.closed and head.revision == 0 and at is not None:
+                    result.written_ms.append(at - head.timestamp - head.interval - WAITER_MS)
+                    result.hop_ms.append(arrival_ms - at)
 
     def _memory(self, result: Result, entries_per_s: float, symbols: int) -> None:
         """Redis now, and after an hour of retention: bytes per trade-stream entry and per
