@@ -220,6 +220,7 @@ def assert_complete(sim: Simulator, client: redis.Redis, symbols: list[str]) -> 
     return total
 
 
+@pytest.mark.timeout(360)  # its waits add up to ~3 min when the machine is loaded
 def test_every_confirm_once_in_order_through_drops_and_kill9(
     tmp_path: Path, redis_url: str, procs: list[Proc]
 ) -> None:
