@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import redis.asyncio as aioredis
@@ -25,6 +25,7 @@ from aggregate.candles import CandleCore, CoreConfig
 from aggregate.checkpoint import Checkpoint
 from aggregate.feed import EntryFeeder
 from aggregate.output import CandleWriter
+from aggregate.state import CoreCandle
 from common.backoff import backoff
 from common.errors import LeaseLostError
 from common.keys import Keys
@@ -54,6 +55,14 @@ def _entries(reply: Any) -> list[Any]:
     if isinstance(reply, dict):
         return list(next(iter(reply.values())))
     return reply[0][1]  # type: ignore[no-any-return]
+
+
+class _Write(NamedTuple):
+    args: list[Any]
+    closed: list[CoreCandle]
+    last_id: str
+    now_ms: int
+    checkpoint: bool  # the full checkpoint is in it
 
 
 class ShardAggregator:
@@ -93,16 +102,19 @@ class ShardAggregator:
         self.ids_from = "0-0"
         self.steps: list[tuple[int, str]] = []
         self._pending: list[Any] = []
+        self._inflight: asyncio.Future[None] | None = None  # the write in flight
+        self._prefetch: asyncio.Future[Any] | None = None  # the next batch, asked for
         self._last_write = self._checkpoint_at = time.monotonic()
         self._checkpoint_id = ""
         self._reported = (0, 0, 0, 0, 0, 0)
-        self.on_written: Any = None  # bench hook: called with (candles, wall ms) after a write
+        self.on_written: Any = None  # bench hook: (candles, wall ms, stream time) after a write
 
     # ------------------------------------------------------------------ resume
 
     async def load(self) -> None:
         """Resume from the checkpoint (or start cold), and rebuild the duplicate filter."""
         key = self.keys.state(self.shard)
+        self._drop_prefetch()  # it reads after a position the checkpoint may change
         self._reset("0-0")
         if await self.redis.type(key) in (b"string", "string"):
             # A checkpoint of version 1 (one JSON string): its id only; the first write
@@ -182,15 +194,22 @@ class ShardAggregator:
 
     # -------------------------------------------------------------------- steps
 
-    async def step(self, block_ms: int | None) -> int:
-        """Read one batch, aggregate it, write what it closed. Returns the entries read."""
-        args: list[Any] = ["XREAD", "COUNT", self.batch]
-        if block_ms is not None:
-            args += ["BLOCK", block_ms]
-        reply = await self.redis.execute_command(  # type: ignore[no-untyped-call]
-            *args, "STREAMS", self._stream, self.last_id
-        )
+    async def step(self, block_ms: int | None, *, overlap: bool = False) -> int:
+        """Read one batch, aggregate it, write what it closed. Returns the entries read.
+
+        `overlap` keeps Redis busy while this process computes: after a full batch (a backlog)
+        the next batch is asked for before this one is aggregated, and the write is left in
+        flight while the next step aggregates. The next write (or `drain`) waits for it first,
+        so writes stay one at a time and in order, and its error surfaces there."""
+        prefetch, self._prefetch = self._prefetch, None
+        if prefetch is not None:
+            reply = await prefetch
+        else:
+            reply = await self._read(block_ms, self.last_id)
         entries = _entries(reply)
+        if overlap and len(entries) >= self.batch:
+            self._prefetch = asyncio.ensure_future(self._read(None, entries[-1][0].decode()))
+            await asyncio.sleep(0)  # let it send the request before the CPU work below
         if entries:
             self.process(entries)
             self.last_id = entries[-1][0].decode()
@@ -204,8 +223,27 @@ class ShardAggregator:
                 and time.monotonic() - self._checkpoint_at >= checkpoint.CHECKPOINT_EVERY_S
             )
         ):
-            await self.write()
+            prepared = self._prepare(full=False)
+            await self._settle()  # the previous write goes first: one write at a time, in order
+            if overlap:
+                self._inflight = asyncio.ensure_future(self._send(prepared))
+            else:
+                await self._send(prepared)
         return len(entries)
+
+    async def _read(self, block_ms: int | None, after: str) -> Any:
+        args: list[Any] = ["XREAD", "COUNT", self.batch]
+        if block_ms is not None:
+            args += ["BLOCK", block_ms]
+        return await self.redis.execute_command(  # type: ignore[no-untyped-call]
+            *args, "STREAMS", self._stream, after
+        )
+
+    async def _settle(self) -> None:
+        """Wait for the write in flight, if any; its error (lease lost, Redis) is raised here."""
+        task, self._inflight = self._inflight, None
+        if task is not None:
+            await task
 
     def process(self, entries: Sequence[Any]) -> None:
         for problem in self._feeder.feed(fields[1] for _, fields in entries):
@@ -215,7 +253,17 @@ class ShardAggregator:
 
     async def write(self, *, full: bool = False) -> None:
         """The pending candles and the head; the checkpoint too when due (see checkpoint)."""
-        candles = self._pending
+        prepared = self._prepare(full=full)
+        await self._settle()
+        await self._send(prepared)
+
+    async def drain(self) -> None:
+        """Wait for the write in flight (see `step`'s `overlap`)."""
+        await self._settle()
+
+    def _prepare(self, *, full: bool) -> _Write:
+        """Everything a write sends, from the state now (the core may move on meanwhile)."""
+        candles, self._pending = self._pending, []
         closed = [c for c in candles if c.closed]
         snapshots = [c for c in candles if not c.closed]
         now_ms = self.core.state.now_ms
@@ -237,6 +285,7 @@ class ShardAggregator:
                     core=self.core.export_state(),
                 )
             )
+            self._checkpoint_at = time.monotonic()
         else:
             saved = b""
         encode = self._writer.encode
@@ -249,21 +298,22 @@ class ShardAggregator:
             b"\n".join(map(encode, closed)),
             b"\n".join(map(encode, snapshots)),
         ]
+        return _Write(args, closed, self.last_id, now_ms, bool(saved))
+
+    async def _send(self, w: _Write) -> None:
         try:
-            await self._write(keys=self._script_keys, args=args)
+            await self._write(keys=self._script_keys, args=w.args)
         except ResponseError as exc:
             if "LEASELOST" in str(exc):
                 raise LeaseLostError(f"shard {self.shard}: lease lost, write refused") from None
             raise
-        self._pending = []
-        self._written_id = self.last_id
+        self._written_id = w.last_id
         self._last_write = time.monotonic()
-        if saved:
-            self._checkpoint_id = self.last_id
-            self._checkpoint_at = self._last_write
+        if w.checkpoint:
+            self._checkpoint_id = w.last_id
         if self.on_written is not None:
-            self.on_written(closed, time.time() * 1000)
-        self._report(now_ms)
+            self.on_written(w.closed, time.time() * 1000, w.now_ms)
+        self._report(w.now_ms)
 
     def _quiet(self, now_ms: int) -> bool:
         """No candle is due to close soon: with no closed candle in the step, a good moment for
@@ -302,6 +352,14 @@ class ShardAggregator:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` (then write what is pending) or until the lease is lost."""
+        try:
+            await self._run(stop)
+        finally:
+            if self._inflight is not None and not self._inflight.done():
+                self._inflight.cancel()  # cancelled from outside: a script sent runs anyway
+            self._drop_prefetch()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         delays = backoff()
         loaded = False
         while not stop.is_set():
@@ -309,18 +367,33 @@ class ShardAggregator:
                 if not loaded:
                     await self.load()
                     loaded = True
-                await self.step(block_ms=100)
+                await self.step(block_ms=100, overlap=True)
                 delays = backoff()
             except LeaseLostError as exc:
+                await self._abandon()
                 log.warning("%s; shard %d stopped", exc, self.shard)
                 return
             except RedisError as exc:
                 # The write may or may not have happened: resume from what Redis holds.
+                await self._abandon()
                 rate_limited.warning("redis", "shard %d: redis error %r", self.shard, exc)
                 loaded = False
                 self._pending = []
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), next(delays))
-        if loaded and (self._pending or self._checkpoint_id != self.last_id):
+        if loaded:
             with contextlib.suppress(RedisError, LeaseLostError):
-                await self.write(full=True)  # a quick resume
+                await self.drain()
+                if self._pending or self._checkpoint_id != self.last_id:
+                    await self.write(full=True)  # a quick resume
+
+    async def _abandon(self) -> None:
+        """Let the write in flight end, whatever its outcome: Redis holds what happened."""
+        self._drop_prefetch()
+        with contextlib.suppress(RedisError, LeaseLostError):
+            await self._settle()
+
+    def _drop_prefetch(self) -> None:
+        prefetch, self._prefetch = self._prefetch, None
+        if prefetch is not None:
+            prefetch.cancel()

@@ -111,8 +111,9 @@ async def _throughput(client: aioredis.Redis, url: str, trades: int, trials: int
         await worker.load()
         start, cpu_start = time.perf_counter(), time.process_time()
         while worker.last_id != last:
-            await worker.step(block_ms=None)
-        await worker.step(block_ms=None)  # the final write
+            await worker.step(block_ms=None, overlap=True)
+        await worker.step(block_ms=None, overlap=True)  # the final write
+        await worker.drain()
         agg_rates.append(count / (time.perf_counter() - start))
         cpu_rates.append(count / (time.process_time() - cpu_start))
     raw, agg = statistics.median(raw_rates), statistics.median(agg_rates)
@@ -167,8 +168,7 @@ async def _closing_delay(client: aioredis.Redis, url: str, seconds: float) -> li
     wall_delays: list[float] = []
     symbols = 500
 
-    def written(candles: list[CoreCandle], wall_ms: float) -> None:
-        now = worker.core.state.now_ms
+    def written(candles: list[CoreCandle], wall_ms: float, now: int) -> None:
         for c in candles:
             if c.revision == 0 and c.interval == 0:  # the 1s candles: most, and the tightest
                 due = c.open_ms + 1000 + LATENCY_MS
@@ -182,7 +182,8 @@ async def _closing_delay(client: aioredis.Redis, url: str, seconds: float) -> li
     )
     producer.start()
     while time.time() < stop_at + 0.3:
-        await worker.step(block_ms=5)
+        await worker.step(block_ms=5, overlap=True)
+    await worker.drain()
     producer.join()
     rows = []
     for name, values in (("stream time", stream_delays), ("wall time", wall_delays)):

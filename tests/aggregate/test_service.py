@@ -282,3 +282,47 @@ def test_a_version_1_checkpoint_gives_a_cold_start_after_its_id(redis_url: str) 
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_overlapped_steps_write_what_plain_steps_write(redis_url: str) -> None:
+    """`step(overlap=True)`, as the service runs it (the next batch asked for before this one is
+    aggregated, the write left in flight): the same candle stream and head as plain steps."""
+
+    async def run_worker(client: aioredis.Redis, keys: Keys, overlap: bool) -> int:
+        settings = AggregateSettings(kline_intervals="1s,1m")  # type: ignore[arg-type]
+        worker = ShardAggregator(
+            client, keys, 0, core_config(settings), "linear", "me", 25, 10**6, 1000
+        )
+        await client.set(keys.lease("aggregate", 0), "me")
+        await worker.load()
+        steps = 0
+        while await worker.step(block_ms=None, overlap=overlap):
+            steps += 1
+        await worker.step(block_ms=None, overlap=overlap)
+        await worker.drain()
+        return steps
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
+        client.response_callbacks.pop("XREAD", None)
+        plain, overlapped = Keys("plain"), Keys("overlapped")
+        for keys in (plain, overlapped):
+            for data in prepared_entries(1200):
+                await client.xadd(keys.trades(0), {STREAM_FIELD: data})
+        steps = await run_worker(client, plain, overlap=False)
+        assert steps > 40  # many full batches: the prefetch path ran
+        assert await run_worker(client, overlapped, overlap=True) == steps
+        got = [f[STREAM_FIELD] for _, f in await client.xrange(overlapped.klines(0))]
+        want = [f[STREAM_FIELD] for _, f in await client.xrange(plain.klines(0))]
+        assert len(want) > 100
+        assert got == want
+        stream_times = set()
+        for keys in (plain, overlapped):
+            head = checkpoint.head_decoder.decode(await client.hget(keys.state(0), checkpoint.HEAD))
+            last = (await client.xrevrange(keys.trades(0), count=1))[0][0].decode()
+            assert head.last_id == last  # every entry's candles written
+            stream_times.add(head.now_ms)
+        assert len(stream_times) == 1
+        await client.aclose()
+
+    asyncio.run(scenario())
