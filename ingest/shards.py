@@ -215,6 +215,7 @@ class IngestShards:
                 self._shard_of.pop(symbol, None)
                 self._watched[symbol] = shard
             self.standby.watch(shard, now_ms())
+            log.info("shard %d: on standby (%d symbols, still subscribed)", shard, len(symbols))
             if graceful:
                 await self._writer.drained(self._drain_timeout_s)
             self.dedup.forget(symbols)
@@ -288,6 +289,7 @@ class IngestShards:
             and shard not in self.owned
         ):
             self.standby.watch(shard, now_ms())
+            log.info("shard %d: on standby (%d symbols)", shard, len(symbols))
 
     async def _redis_answers(self) -> bool:
         try:

@@ -130,7 +130,16 @@ def test_kill9_with_a_hot_standby_loses_nothing(tmp_path: Path, redis_url: str) 
 
     wait_until(both_own, 20, "both replicas to own shards")
     wait_until(lambda: len(sim.trades()) > 1500, 20, "trades flowing")
-    wait_until(lambda: len(sim.trades()) > 2500, 20, "standby subscriptions to settle")
+
+    def b_stands_by_for_a() -> bool:
+        owners = _lease_owners(client)
+        a_shards = [k for k, token in owners.items() if _pid_of(token) == a.pid]
+        out = b.output()
+        return both_own() and all(f"shard {k}: on standby" in out for k in a_shards)
+
+    # Not the subscriptions' timing but their acks: a failover before them is a cold takeover.
+    wait_until(b_stands_by_for_a, 20, "the survivor to stand by for the victim's shards")
+    wait_until(lambda: len(sim.trades()) > 2500, 20, "more trades")
     killed_ms = time.time_ns() // 1_000_000
     a.kill9()
     wait_until(
