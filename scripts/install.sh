@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the pipeline and its tests need, idempotently: a virtual environment in
 # .venv with the package and its dev extras (versions pinned by constraints.txt), and a
-# redis-server binary from the system's packages when none is on PATH.
+# redis-server binary from the system's packages when none is on PATH; docker-compose too, best
+# effort, for the test that checks the compose files (nothing else needs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -24,5 +25,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
     echo "error: redis-server is not installed and apt-get is missing; install Redis >= 6.2" >&2
     exit 1
   fi
+fi
+if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1 \
+  && command -v apt-get >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq docker-compose >/dev/null 2>&1 \
+    || echo "note: docker-compose not installed; the compose-file test will be skipped" >&2
 fi
 echo "installed: $(.venv/bin/python --version), $(redis-server --version | cut -d' ' -f1-3)"
