@@ -218,9 +218,11 @@ class ShardAggregator:
             or (entries and time.monotonic() - self._last_write > 1.0)
             or (not entries and self.last_id != self._written_id)
             or (
-                not entries
-                and self._checkpoint_id != self.last_id
+                # a checkpoint is due and this is a quiet moment for it (nothing to close soon):
+                # a busy shard only writes around boundaries otherwise, which is no such moment
+                self._checkpoint_id != self.last_id
                 and time.monotonic() - self._checkpoint_at >= checkpoint.CHECKPOINT_EVERY_S
+                and (not entries or self._quiet(self.core.state.now_ms))
             )
         ):
             prepared = self._prepare(full=False)
