@@ -163,6 +163,19 @@ def test_kill9_gives_the_same_candles_as_an_uninterrupted_run(
     assert len(keys) == len(views)  # nothing emitted twice
 
 
+async def owned_worker(
+    client: aioredis.Redis, keys: Keys, batch: int, klines_maxlen: int = 10**6
+) -> ShardAggregator:
+    """Shard 0's aggregator (1s,1m) holding its lease as "me", loaded."""
+    settings = AggregateSettings(kline_intervals="1s,1m")  # type: ignore[arg-type]
+    worker = ShardAggregator(
+        client, keys, 0, core_config(settings), "linear", "me", batch, klines_maxlen, 1000
+    )
+    await client.set(keys.lease("aggregate", 0), "me")
+    await worker.load()
+    return worker
+
+
 def test_stale_owner_is_refused(redis_url: str) -> None:
     async def scenario() -> None:
         client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
@@ -170,12 +183,7 @@ def test_stale_owner_is_refused(redis_url: str) -> None:
         keys = Keys("stale")
         for data in prepared_entries(300):
             await client.xadd(keys.trades(0), {STREAM_FIELD: data})
-        settings = AggregateSettings(kline_intervals="1s,1m")  # type: ignore[arg-type]
-        worker = ShardAggregator(
-            client, keys, 0, core_config(settings), "linear", "me", 1000, 1000, 1000
-        )
-        await client.set(keys.lease("aggregate", 0), "me")
-        await worker.load()
+        worker = await owned_worker(client, keys, 1000, klines_maxlen=1000)
         assert await worker.step(block_ms=None) > 0
         written = await client.xlen(keys.klines(0))
         assert written > 0
@@ -222,12 +230,7 @@ def test_resume_replays_from_an_older_checkpoint(
     goes on: the candle stream equals an uninterrupted run's."""
 
     async def run_worker(client: aioredis.Redis, keys: Keys, steps: int | None) -> None:
-        settings = AggregateSettings(kline_intervals="1s,1m")  # type: ignore[arg-type]
-        worker = ShardAggregator(
-            client, keys, 0, core_config(settings), "linear", "me", 40, 10**6, 1000
-        )
-        await client.set(keys.lease("aggregate", 0), "me")
-        await worker.load()
+        worker = await owned_worker(client, keys, 40)
         done = 0
         while (steps is None or done < steps) and await worker.step(block_ms=None):
             done += 1
@@ -266,12 +269,7 @@ def test_a_version_1_checkpoint_gives_a_cold_start_after_its_id(redis_url: str) 
         middle = ids[len(ids) // 2].decode()
         old = b'{"version":1,"config":"x","last_id":"%s","ids_from":"0-0","steps":[],"core":[]}'
         await client.set(keys.state(0), old % middle.encode())
-        await client.set(keys.lease("aggregate", 0), "me")
-        settings = AggregateSettings(kline_intervals="1s,1m")  # type: ignore[arg-type]
-        worker = ShardAggregator(
-            client, keys, 0, core_config(settings), "linear", "me", 1000, 10**6, 1000
-        )
-        await worker.load()
+        worker = await owned_worker(client, keys, 1000)
         assert worker.last_id == middle
         while await worker.step(block_ms=None):
             pass
@@ -289,12 +287,7 @@ def test_overlapped_steps_write_what_plain_steps_write(redis_url: str) -> None:
     aggregated, the write left in flight): the same candle stream and head as plain steps."""
 
     async def run_worker(client: aioredis.Redis, keys: Keys, overlap: bool) -> int:
-        settings = AggregateSettings(kline_intervals="1s,1m")  # type: ignore[arg-type]
-        worker = ShardAggregator(
-            client, keys, 0, core_config(settings), "linear", "me", 25, 10**6, 1000
-        )
-        await client.set(keys.lease("aggregate", 0), "me")
-        await worker.load()
+        worker = await owned_worker(client, keys, 25)
         steps = 0
         while await worker.step(block_ms=None, overlap=overlap):
             steps += 1
