@@ -20,6 +20,7 @@ from tests.ingest.e2e_support import (
     start_ingest,
     start_simulator,
 )
+from tests.support.procs import Proc
 from tests.support.redisproc import RedisProcess, free_port
 from tests.support.waiting import wait_until
 
@@ -39,33 +40,35 @@ def _pid_of(token: str) -> int:
     return int(token.split(":")[2])
 
 
-def test_kill9_survivor_takes_the_shards_and_records_the_gap(
-    tmp_path: Path, redis_url: str
-) -> None:
+def _owned_by(client: redis.Redis, *pids: int) -> bool:
+    """Every shard has a lease, and the owners are exactly these processes."""
+    owners = _lease_owners(client)
+    return len(owners) == 3 and {_pid_of(t) for t in owners.values()} == set(pids)
+
+
+def _two_replicas(
+    tmp_path: Path, redis_url: str, standby_s: str
+) -> tuple[Sim, Proc, Proc, redis.Redis]:
+    """Two ingest replicas on three shards, each owning some, with trades flowing."""
     sim = start_simulator(tmp_path, "--symbols", "200", "--rate", "1000")
-    env = ingest_env(sim, redis_url, STREAMER_INGEST_STANDBY_S="0")
+    env = ingest_env(sim, redis_url, STREAMER_INGEST_STANDBY_S=standby_s)
     a = start_ingest(tmp_path, env, "ingest-a")
     b = start_ingest(tmp_path, env, "ingest-b")
     client = redis.Redis.from_url(redis_url)
-
-    def both_own() -> bool:
-        pids = {_pid_of(t) for t in _lease_owners(client).values()}
-        return pids == {a.pid, b.pid} and len(_lease_owners(client)) == 3
-
-    wait_until(both_own, 20, "both replicas to own shards")
+    wait_until(lambda: _owned_by(client, a.pid, b.pid), 20, "both replicas to own shards")
     wait_until(lambda: len(sim.trades()) > 1500, 20, "trades flowing")
+    return sim, a, b, client
+
+
+def test_kill9_survivor_takes_the_shards_and_records_the_gap(
+    tmp_path: Path, redis_url: str
+) -> None:
+    sim, a, b, client = _two_replicas(tmp_path, redis_url, standby_s="0")
     victim_shards = [k for k, t in _lease_owners(client).items() if _pid_of(t) == a.pid]
     killed_ms = time.time_ns() // 1_000_000
     a.kill9()
     started = time.monotonic()
-    wait_until(
-        lambda: (
-            {_pid_of(t) for t in _lease_owners(client).values()} == {b.pid}
-            and len(_lease_owners(client)) == 3
-        ),
-        10,
-        "the survivor to own every shard",
-    )
+    wait_until(lambda: _owned_by(client, b.pid), 10, "the survivor to own every shard")
     took_s = time.monotonic() - started
     # lease time (1.5 s) + replica expiry + one claim period; well under twice the lease time
     assert took_s < 2 * 1.5 + 1.0, took_s
@@ -118,38 +121,21 @@ def test_kill9_survivor_takes_the_shards_and_records_the_gap(
 def test_kill9_with_a_hot_standby_loses_nothing(tmp_path: Path, redis_url: str) -> None:
     """The survivor was subscribed to the victim's symbols all along: it writes what the victim
     had not, every ledger trade is in the streams exactly once, and no unowned gap is needed."""
-    sim = start_simulator(tmp_path, "--symbols", "200", "--rate", "1000")
-    env = ingest_env(sim, redis_url, STREAMER_INGEST_STANDBY_S="10")
-    a = start_ingest(tmp_path, env, "ingest-a")
-    b = start_ingest(tmp_path, env, "ingest-b")
-    client = redis.Redis.from_url(redis_url)
-
-    def both_own() -> bool:
-        pids = {_pid_of(t) for t in _lease_owners(client).values()}
-        return pids == {a.pid, b.pid} and len(_lease_owners(client)) == 3
-
-    wait_until(both_own, 20, "both replicas to own shards")
-    wait_until(lambda: len(sim.trades()) > 1500, 20, "trades flowing")
+    sim, a, b, client = _two_replicas(tmp_path, redis_url, standby_s="10")
 
     def b_stands_by_for_a() -> bool:
         owners = _lease_owners(client)
         a_shards = [k for k, token in owners.items() if _pid_of(token) == a.pid]
         out = b.output()
-        return both_own() and all(f"shard {k}: on standby" in out for k in a_shards)
+        standing_by = all(f"shard {k}: on standby" in out for k in a_shards)
+        return standing_by and _owned_by(client, a.pid, b.pid)
 
     # Not the subscriptions' timing but their acks: a failover before them is a cold takeover.
     wait_until(b_stands_by_for_a, 20, "the survivor to stand by for the victim's shards")
     wait_until(lambda: len(sim.trades()) > 2500, 20, "more trades")
     killed_ms = time.time_ns() // 1_000_000
     a.kill9()
-    wait_until(
-        lambda: (
-            {_pid_of(t) for t in _lease_owners(client).values()} == {b.pid}
-            and len(_lease_owners(client)) == 3
-        ),
-        10,
-        "the survivor to own every shard",
-    )
+    wait_until(lambda: _owned_by(client, b.pid), 10, "the survivor to own every shard")
     b.wait_output("taken over from standby", 10)
     sent_before_stop = len(sim.trades())
     wait_until(lambda: len(sim.trades()) > sent_before_stop + 1000, 20, "more trades")
