@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from itertools import compress
 from operator import mul
 
-from aggregate.corebase import KEEP_BUCKETS, CoreConfig, add_one, ascending, known
+from aggregate.corebase import KEEP_BUCKETS, CoreConfig, add_one, ascending, known, merge
 from aggregate.revisions import LateTrades
 from aggregate.state import NEVER, CoreCandle, CoreState, Level, Record, SymbolState
 
@@ -514,17 +514,4 @@ class CandleCore(LateTrades):
                 lv.pruned_close, lv.records,
             )  # fmt: skip
             return
-        # corebase.merge(lv, src), inlined: this runs for every candle that closes (keep in step)
-        if lv.cnt == 0:  # its other fields are left from an earlier candle
-            lv.ft, lv.fp, lv.hi, lv.lo = src.ft, src.fp, src.hi, src.lo
-            lv.cnt, lv.vol, lv.turn, lv.buy = src.cnt, src.vol, src.turn, src.buy
-        else:
-            if src.hi > lv.hi:
-                lv.hi = src.hi
-            if src.lo < lv.lo:
-                lv.lo = src.lo
-            lv.cnt += src.cnt
-            lv.vol += src.vol
-            lv.turn += src.turn
-            lv.buy += src.buy
-        lv.lt, lv.lp = src.lt, src.lp
+        merge(lv, src)
