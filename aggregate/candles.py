@@ -162,15 +162,9 @@ class CandleCore(LateTrades):
                 prices[-1], max(prices), min(prices), sum(sizes), sum(map(mul, prices, sizes)),
                 sum(compress(sizes, buys)), base.prev_close, base.pruned_close, base.records,
             )  # fmt: skip
-        deadline = e + self._latency  # CoreBase._schedule, inlined
+        deadline = e + self._latency
         if deadline != sym.deadline:
-            sym.deadline = deadline
-            names = st.due.get(deadline)
-            if names is None:
-                st.due[deadline] = [name]
-                heapq.heappush(st.deadlines, deadline)
-            else:
-                names.append(name)
+            self._queue(name, sym, deadline)
         return True
 
     def clock(self, time_ms: int) -> None:
@@ -325,18 +319,10 @@ class CandleCore(LateTrades):
                 self._advance(name, sym, boundary)
                 if sym.gaps:
                     self._prune_gaps(sym)
-                # CoreBase._schedule, inlined: the next deadline is later than this one
-                end = sym.next_end
-                if end >= NEVER:
+                if sym.next_end >= NEVER:
                     sym.deadline = -1
-                    continue
-                sym.deadline = end = end + latency
-                queued = due.get(end)
-                if queued is None:
-                    due[end] = [name]
-                    heapq.heappush(deadlines, end)
-                else:
-                    queued.append(name)
+                else:  # the next deadline is later than this one
+                    self._queue(name, sym, sym.next_end + latency)
 
     def _advance_nested(self, name: str, sym: SymbolState, boundary: int) -> None:
         """`_advance` when every level is always open and each nests the one before: ends never

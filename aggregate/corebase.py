@@ -173,14 +173,18 @@ class CoreBase:
             return
         deadline = sym.next_end + self._latency
         if deadline != sym.deadline:
-            sym.deadline = deadline
-            due = self.state.due
-            names = due.get(deadline)
-            if names is None:
-                due[deadline] = [name]
-                heapq.heappush(self.state.deadlines, deadline)
-            else:
-                names.append(name)
+            self._queue(name, sym, deadline)
+
+    def _queue(self, name: str, sym: SymbolState, deadline: int) -> None:
+        """Close `name`'s due candles at `deadline` (stream time); an earlier entry goes stale."""
+        sym.deadline = deadline
+        due = self.state.due
+        names = due.get(deadline)
+        if names is None:
+            due[deadline] = [name]
+            heapq.heappush(self.state.deadlines, deadline)
+        else:
+            names.append(name)
 
     def _bucket(self, name: str, sym: SymbolState, open_ms: int) -> set[str]:
         buckets = self._buckets(name, sym)
