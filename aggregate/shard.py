@@ -207,26 +207,25 @@ class ShardAggregator:
         else:
             reply = await self._read(block_ms, self.last_id)
         entries = _entries(reply)
-        if overlap and len(entries) >= self.batch:
-            self._prefetch = asyncio.ensure_future(self._read(None, entries[-1][0].decode()))
-            await asyncio.sleep(0)  # let it send the request before the CPU work below
         if entries:
+            last_id = entries[-1][0].decode()
+            if overlap and len(entries) >= self.batch:
+                self._prefetch = asyncio.ensure_future(self._read(None, last_id))
+                await asyncio.sleep(0)  # let it send the request before the CPU work below
             self.process(entries)
-            self.last_id = entries[-1][0].decode()
+            self.last_id = last_id
         if (
             self._pending
             or (entries and time.monotonic() - self._last_write > 1.0)
             or (not entries and self.last_id != self._written_id)
+            # a checkpoint of its own: a busy shard writes only around boundaries otherwise
             or (
-                # a checkpoint is due and this is a quiet moment for it (nothing to close soon):
-                # a busy shard only writes around boundaries otherwise, which is no such moment
                 self._checkpoint_id != self.last_id
-                and time.monotonic() - self._checkpoint_at >= checkpoint.CHECKPOINT_EVERY_S
-                and (not entries or self._quiet(self.core.state.now_ms))
+                and self._checkpoint_due(self.core.state.now_ms, closing=False)
             )
         ):
             prepared = self._prepare(full=False)
-            await self._settle()  # the previous write goes first: one write at a time, in order
+            await self.drain()  # the previous write goes first: one write at a time, in order
             if overlap:
                 self._inflight = asyncio.ensure_future(self._send(prepared))
             else:
@@ -241,8 +240,9 @@ class ShardAggregator:
             *args, "STREAMS", self._stream, after
         )
 
-    async def _settle(self) -> None:
-        """Wait for the write in flight, if any; its error (lease lost, Redis) is raised here."""
+    async def drain(self) -> None:
+        """Wait for the write in flight (see `step`'s `overlap`), if any; its error (lease lost,
+        Redis) is raised here."""
         task, self._inflight = self._inflight, None
         if task is not None:
             await task
@@ -256,12 +256,8 @@ class ShardAggregator:
     async def write(self, *, full: bool = False) -> None:
         """The pending candles and the head; the checkpoint too when due (see checkpoint)."""
         prepared = self._prepare(full=full)
-        await self._settle()
+        await self.drain()
         await self._send(prepared)
-
-    async def drain(self) -> None:
-        """Wait for the write in flight (see `step`'s `overlap`)."""
-        await self._settle()
 
     def _prepare(self, *, full: bool) -> _Write:
         """Everything a write sends, from the state now (the core may move on meanwhile)."""
@@ -269,13 +265,12 @@ class ShardAggregator:
         closed = [c for c in candles if c.closed]
         snapshots = [c for c in candles if not c.closed]
         now_ms = self.core.state.now_ms
-        since = time.monotonic() - self._checkpoint_at
         self._record_step(now_ms)
         if (
             full
             or not self._checkpoint_id
-            or since >= checkpoint.CHECKPOINT_MAX_S
-            or (since >= checkpoint.CHECKPOINT_EVERY_S and not closed and self._quiet(now_ms))
+            or time.monotonic() - self._checkpoint_at >= checkpoint.CHECKPOINT_MAX_S
+            or self._checkpoint_due(now_ms, closing=bool(closed))
         ):
             saved = checkpoint.encoder.encode(
                 Checkpoint(
@@ -317,10 +312,14 @@ class ShardAggregator:
             self.on_written(w.closed, time.time() * 1000, w.now_ms)
         self._report(w.now_ms)
 
-    def _quiet(self, now_ms: int) -> bool:
-        """No candle is due to close soon: with no closed candle in the step, a good moment for
-        the checkpoint (megabytes to encode and send) not to delay one. The heap may hold stale
-        deadlines: earlier, so this errs on the side of waiting."""
+    def _checkpoint_due(self, now_ms: int, *, closing: bool) -> bool:
+        """A quiet moment for the full checkpoint, at most every CHECKPOINT_EVERY_S: a write
+        that closes no candle, with none due within QUIET_MS of stream time, so that encoding
+        and sending megabytes never delays a boundary's candles (`_prepare` also forces it
+        every CHECKPOINT_MAX_S)."""
+        if closing or time.monotonic() - self._checkpoint_at < checkpoint.CHECKPOINT_EVERY_S:
+            return False
+        # The heap may hold stale deadlines: earlier ones, so this errs on the side of waiting.
         deadlines = self.core.state.deadlines
         return not deadlines or deadlines[0] - now_ms >= checkpoint.QUIET_MS
 
@@ -393,7 +392,7 @@ class ShardAggregator:
         """Let the write in flight end, whatever its outcome: Redis holds what happened."""
         self._drop_prefetch()
         with contextlib.suppress(RedisError, LeaseLostError):
-            await self._settle()
+            await self.drain()
 
     def _drop_prefetch(self) -> None:
         prefetch, self._prefetch = self._prefetch, None
