@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: install test lint format run demo bench bench-smoke soak status verify clean
+.PHONY: install test lint format run demo bench bench-smoke bench-peers soak status verify clean
 
 install:
 	@scripts/install.sh
@@ -27,6 +27,19 @@ bench: install
 
 bench-smoke: install
 	$(VENV)/python -m bench --smoke
+
+# Peer engines on the core's workload (issue 9). The peers live under var/peers/ only, never in
+# .venv nor in the project's dependencies; a peer that cannot be installed is reported as not
+# measured by the runner.
+bench-peers: install
+	@mkdir -p var/peers
+	@grep -qs '"version": "13.35.3"' var/peers/node/node_modules/tardis-dev/package.json \
+		|| npm install --prefix var/peers/node --no-audit --no-fund tardis-dev@13.35.3 \
+		|| echo "bench-peers: could not install tardis-dev 13.35.3"
+	@var/peers/venv/bin/python -c 'import importlib.metadata as m, sys; sys.exit(m.version("nautilus_trader") != "1.221.0")' 2>/dev/null \
+		|| { $(VENV)/python -m venv var/peers/venv && var/peers/venv/bin/pip install -q nautilus_trader==1.221.0; } \
+		|| echo "bench-peers: could not install nautilus_trader 1.221.0 in var/peers/venv"
+	$(VENV)/python -m bench.peers
 
 soak: install
 	$(VENV)/pytest -q -s -m slow tests
