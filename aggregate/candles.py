@@ -24,11 +24,10 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
-from itertools import compress
-from operator import mul
 
 from aggregate.corebase import KEEP_BUCKETS, CoreConfig, add_one, ascending, known, merge
 from aggregate.revisions import LateTrades
+from aggregate.speedups import summarize
 from aggregate.state import NEVER, CoreCandle, CoreState, Level, Record, SymbolState
 
 __all__ = ["CandleCore", "CoreConfig"]
@@ -157,10 +156,11 @@ class CandleCore(LateTrades):
             self._add(name, sym, base, times, prices, sizes, buys, ids)
         else:  # a new Level: one allocation instead of a store per field
             buckets[o] = seen
+            hi, lo, vol, turn, buy = summarize(prices, sizes, buys)
             sym.levels[0] = Level(
                 o, e, True, False, base.closed_until, len(ids), t_first, prices[0], times[-1],
-                prices[-1], max(prices), min(prices), sum(sizes), sum(map(mul, prices, sizes)),
-                sum(compress(sizes, buys)), base.prev_close, base.pruned_close, base.records,
+                prices[-1], hi, lo, vol, turn, buy, base.prev_close, base.pruned_close,
+                base.records,
             )  # fmt: skip
         deadline = e + self._latency
         if deadline != sym.deadline:
@@ -198,8 +198,7 @@ class CandleCore(LateTrades):
         else:
             self._add_dedup(name, lv, seen, times, prices, sizes, buys, ids)
             return
-        hi = max(prices)
-        lo = min(prices)
+        hi, lo, vol, turn, buy = summarize(prices, sizes, buys)
         if lv.cnt == 0:  # its other fields are left from an earlier candle
             lv.ft, lv.fp, lv.lt, lv.lp, lv.hi, lv.lo = (
                 times[0],
@@ -210,9 +209,9 @@ class CandleCore(LateTrades):
                 lo,
             )
             lv.cnt = n
-            lv.vol = sum(sizes)
-            lv.turn = sum(map(mul, prices, sizes))
-            lv.buy = sum(compress(sizes, buys))
+            lv.vol = vol
+            lv.turn = turn
+            lv.buy = buy
             return
         if hi > lv.hi:
             lv.hi = hi
@@ -225,9 +224,9 @@ class CandleCore(LateTrades):
             lv.lt = times[-1]
             lv.lp = prices[-1]
         lv.cnt += n
-        lv.vol += sum(sizes)
-        lv.turn += sum(map(mul, prices, sizes))
-        lv.buy += sum(compress(sizes, buys))
+        lv.vol += vol
+        lv.turn += turn
+        lv.buy += buy
 
     def _add_dedup(
         self,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the pipeline and its tests need, idempotently: a virtual environment in
 # .venv with the package and its dev extras (versions pinned by constraints.txt), and a
-# redis-server binary from the system's packages when none is on PATH; docker-compose too, best
+# redis-server binary from the system's packages when none is on PATH (pip builds the candle core's
+# C helper, aggregate/_speedups.c, with the system's C compiler); docker-compose too, best
 # effort, for the test that checks the compose files (nothing else needs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,11 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ] || [ constraints.txt -nt .venv/.installed ]; then
+stale=0
+for f in pyproject.toml constraints.txt setup.py aggregate/_speedups.c; do
+  [ -f .venv/.installed ] && [ ! "$f" -nt .venv/.installed ] || stale=1
+done
+if [ "$stale" = 1 ]; then
   .venv/bin/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
   touch .venv/.installed
 fi
@@ -32,5 +37,8 @@ if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq docker-compose >/dev/null 2>&1 \
     || echo "note: docker-compose not installed; the compose-file test will be skipped" >&2
+fi
+if ! .venv/bin/python -c "import aggregate.speedups as s; raise SystemExit(not s.SPEEDUPS)"; then
+  echo "note: the candle core's C helper was not built (no C compiler?); the core runs in pure Python, slower" >&2
 fi
 echo "installed: $(.venv/bin/python --version), $(redis-server --version | cut -d' ' -f1-3)"

@@ -7,8 +7,9 @@ usage: python nautilus_bars.py TRADES_FILE {timers,batch}
 
 Before the timer: one CryptoPerpetual per symbol (price precision 2, size precision 3), one
 TradeTick per trade (ts_event = ts_init = the trade's time in ns), one TestClock per symbol set to
-the time of the first trade of all, and on it six TimeBarAggregators (1s,1m,5m,15m,1h,4h: 3,000 in all,
-`build_with_no_updates=False`), each with a handler counting its bars (and those of volume 0).
+the time of the first trade of all, and on it six TimeBarAggregators (1s,1m,5m,15m,1h,4h: 3,000
+in all, `build_with_no_updates=False`), each with a handler counting its bars (and those of
+volume 0).
 
 timers (how a live node or a backtest closes time bars), `skip_first_non_full_bar=True`. Timed:
 for each trade, `clock.advance_time(ts)` on its symbol's clock and `handle()` of every timer event
