@@ -8,6 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 
+if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1 \
+  && command -v apt-get >/dev/null 2>&1; then  # for aggregate/_speedups.c (best effort)
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq gcc libc6-dev; } \
+    >/dev/null 2>&1 || echo "note: no C compiler could be installed" >&2
+fi
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
