@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Installs everything the pipeline and its tests need, idempotently: a virtual environment in
-# .venv with the package and its dev extras (versions pinned by constraints.txt), and a
-# redis-server binary from the system's packages when none is on PATH (pip builds the candle core's
-# C helper, aggregate/_speedups.c, with the system's C compiler); docker-compose too, best
-# effort, for the test that checks the compose files (nothing else needs it).
+# .venv with the package and its dev extras (versions pinned by constraints.txt; pip builds the
+# candle core's C helper, aggregate/_speedups.c, with the system's C compiler), and from the
+# system's packages a redis-server binary when none is on PATH, gcc when no C compiler is there,
+# and docker-compose (best effort, for the test that checks the compose files; nothing else needs
+# it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 
-if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1 \
-  && command -v apt-get >/dev/null 2>&1; then  # for aggregate/_speedups.c (best effort)
-  sudo=""
+apt_install() {  # quiet apt-get install of the packages given; fails where apt-get is missing
+  command -v apt-get >/dev/null 2>&1 || return 1
+  local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq gcc libc6-dev; } \
-    >/dev/null 2>&1 || echo "note: no C compiler could be installed" >&2
+  $sudo apt-get update -qq >/dev/null 2>&1 || true
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null 2>&1
+}
+
+if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1; then
+  apt_install gcc libc6-dev || echo "note: no C compiler could be installed" >&2
 fi
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
@@ -26,26 +31,16 @@ if [ "$stale" = 1 ]; then
   .venv/bin/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
   touch .venv/.installed
 fi
-
-if ! command -v redis-server >/dev/null 2>&1; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  if command -v apt-get >/dev/null 2>&1; then
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
-  else
-    echo "error: redis-server is not installed and apt-get is missing; install Redis >= 6.2" >&2
-    exit 1
-  fi
-fi
-if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1 \
-  && command -v apt-get >/dev/null 2>&1; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq docker-compose >/dev/null 2>&1 \
-    || echo "note: docker-compose not installed; the compose-file test will be skipped" >&2
-fi
 if ! .venv/bin/python -c "import aggregate.speedups as s; raise SystemExit(not s.SPEEDUPS)"; then
   echo "note: the candle core's C helper was not built (no C compiler?); the core runs in pure Python, slower" >&2
+fi
+
+if ! command -v redis-server >/dev/null 2>&1 && ! apt_install redis-server; then
+  echo "error: redis-server is not installed and apt-get could not install it; install Redis >= 6.2" >&2
+  exit 1
+fi
+if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
+  apt_install docker-compose \
+    || echo "note: docker-compose not installed; the compose-file test will be skipped" >&2
 fi
 echo "installed: $(.venv/bin/python --version), $(redis-server --version | cut -d' ' -f1-3)"
