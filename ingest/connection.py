@@ -213,6 +213,12 @@ class Connection:
             self._on_gap(symbols, self._gap_from_ms, now_ms())
         self._gap_from_ms = None
 
+    @property
+    def gap_from_ms(self) -> int | None:
+        """Since when this connection may have missed trades that no gap reports yet: it is
+        down or resubscribing. None: nothing open."""
+        return self._gap_from_ms
+
     # -- the connection loop ---------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:

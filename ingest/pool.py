@@ -101,6 +101,16 @@ class Pool:
                 return False
         return True
 
+    def open_gaps(self, symbols: list[str]) -> list[tuple[list[str], int]]:
+        """Windows not reported yet (a connection down or resubscribing) that hold any of
+        `symbols`: those of them it carries, and since when."""
+        wanted = set(symbols)
+        return [
+            (sorted(wanted & conn.desired), conn.gap_from_ms)
+            for conn in self.connections
+            if conn.gap_from_ms is not None and wanted & conn.desired
+        ]
+
     @property
     def connected(self) -> bool:
         return all(c.connected for c in self.connections if c.desired)

@@ -209,6 +209,12 @@ class IngestShards:
         self._writer.ready.discard(shard)
         self.owned.discard(shard)
         symbols = self._symbols_of(shard)
+        if graceful and self.pool is not None:
+            # A connection of ours still down would report its window after the hand-back, when
+            # it is no longer ours to write, and the next owner starts after our last entry.
+            # Report it now, up to the hand-back, while the lease is still ours.
+            for missed, since_ms in self.pool.open_gaps(symbols):
+                self._writer.put_gap(shard, missed, since_ms, now_ms(), "reconnect")
         if self.standby is not None:
             # Stay subscribed: from now on this replica keeps the shard's trades on standby.
             for symbol in symbols:

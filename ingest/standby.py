@@ -67,15 +67,21 @@ class Standby:
             self._missed[shard].append((symbols, from_ms, to_ms))
 
     def take(self, shard: int, from_ms: int) -> tuple[list[Buffered], list[Missed]] | None:
-        """The buffered messages and our own missed windows since `from_ms`, if the buffer
-        reaches back that far; None otherwise. `from_ms` 0: the shard's stream is new (a cold
-        start): whatever is buffered is more than nothing."""
+        """The buffered messages and our own missed windows still held, if the buffer reaches
+        back to `from_ms`; None otherwise. `from_ms` 0: the shard's stream is new (a cold start):
+        whatever is buffered is more than nothing.
+
+        Every missed window comes back, also one that ended before `from_ms` (the stream's
+        newest entry): the previous owner's connections reconnect one by one, so it may have
+        written trades of some symbols after the window while another of its connections was
+        still down, and handed the shard over (or died) before reporting that. A window it did
+        report is reported twice, which flags nothing it had not flagged already."""
         covered = self._covered_since.pop(shard, None)
         buffer = self._buffers.pop(shard, None)
         missed = self._missed.pop(shard, [])
         if covered is None or buffer is None or (from_ms > 0 and covered > from_ms):
             return None
-        return list(buffer), [m for m in missed if m[2] >= from_ms]
+        return list(buffer), missed
 
     def covers(self, shard: int, from_ms: int) -> bool:
         covered = self._covered_since.get(shard)

@@ -49,9 +49,10 @@ def test_own_reconnect_windows_come_back_as_gaps_and_cold_starts_take_all() -> N
     standby.keep(3, _msg("A", 200), 200)
     standby.missed(3, ["A", "B"], 250, 400)
     standby.keep(3, _msg("A", 450), 450)
+    standby.missed(3, ["C"], 260, 280)  # ended before the stream's newest entry: still ours
     taken = standby.take(3, from_ms=300)
     assert taken is not None
-    assert taken[1] == [(["A", "B"], 250, 400)]
+    assert taken[1] == [(["A", "B"], 250, 400), (["C"], 260, 280)]
     standby.watch(4, since_ms=5000)
     standby.keep(4, _msg("B", 5100), 5100)
     cold = standby.take(4, from_ms=0)
