@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: install test lint format run demo bench bench-smoke bench-peers soak status verify clean
+.PHONY: install test lint format run demo bench bench-smoke bench-peers soak compose-test status \
+	verify clean clean-data chart-screenshot
 
 install:
 	@scripts/install.sh
@@ -41,15 +42,31 @@ bench-peers: install
 		|| echo "bench-peers: could not install nautilus_trader 1.221.0 in var/peers/venv"
 	$(VENV)/python -m bench.peers
 
+# docs/protocol.md's picture of GET /chart (docs/chart.png), taken by the chart's browser test.
+chart-screenshot: install
+	STREAMER_CHART_SCREENSHOT=docs/chart.png $(VENV)/pytest -q -s tests/publish/test_chart_browser.py
+
 soak: install
 	$(VENV)/pytest -q -s -m slow tests
 
+# The image built and the scaled stack run in a private Docker engine (tests/deploy/
+# test_compose_stack.py; also part of `make test`, where it skips on a machine that cannot run
+# dockerd; here that is a failure).
+compose-test: install
+	COMPOSE_TEST_REQUIRED=1 $(VENV)/pytest -q -s -m compose tests/deploy
+
+# Against the pipeline `make run` started (its private Redis unless STREAMER_REDIS_URL is set).
 status: install
-	$(VENV)/python -m ops status
+	@scripts/ops.sh status
 
 verify: install
-	$(VENV)/python -m ops verify
+	@scripts/ops.sh verify
 
+# Keeps the private Redis' data (var/redis): `make clean-data` deletes it.
 clean:
-	rm -rf .venv var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache
+	if [ -d var ]; then find var -mindepth 1 -maxdepth 1 ! -name redis -exec rm -rf {} +; fi
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+clean-data:
+	rm -rf var/redis

@@ -6,17 +6,22 @@ import asyncio
 import logging
 import sys
 
+from common.cli import command_parser
 from common.errors import ConfigError
+from common.gcpolicy import quiet_offset_ms
 from common.lifecycle import exit_with_config_error, run_service
 from common.logs import setup_logging
 from common.settings import AggregateSettings, load_settings
 
+DESCRIPTION = """\
+The trade streams <prefix>:{k}:trades -> candle streams <prefix>:{k}:klines (one JSON candle
+per entry, exact decimals), for the shards this process owns (STREAMER_SHARD_IDS, or claimed
+through Redis leases). Candles at every STREAMER_KLINE_INTERVALS; a crash or restart resumes
+from the checkpoint written with the candles. Runs until SIGTERM/SIGINT (then drains)."""
+
 
 def main(argv: list[str]) -> int:
-    if argv:
-        print(f"error: unknown arguments {' '.join(argv)!r}; usage: python -m aggregate",
-              file=sys.stderr)  # fmt: skip
-        return 2
+    command_parser("python -m aggregate", DESCRIPTION).parse_args(argv)
     from aggregate import service
 
     try:
@@ -26,7 +31,11 @@ def main(argv: list[str]) -> int:
     setup_logging(settings.log_level, settings.log_format, "aggregate")
     if settings.klines_mode:
         return run_service(_idle, settings.shutdown_timeout_s)
-    return run_service(lambda stop: service.run(settings, stop), settings.shutdown_timeout_s)
+    return run_service(
+        lambda stop: service.run(settings, stop),
+        settings.shutdown_timeout_s,
+        quiet_ms=quiet_offset_ms(settings.aggregator_waiter_latency_ms),
+    )
 
 
 async def _idle(stop: asyncio.Event) -> None:

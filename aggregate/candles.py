@@ -4,16 +4,19 @@ Input, per Bybit message: the symbol and parallel sequences of trade times (ms),
 (scaled integers, common.decimals), taker-is-buyer flags and trade ids, in the order Bybit sent
 them. Plus clock ticks (stream time) and gap notices. Output: `CoreCandle`s in `out`.
 
-Rules (the README's "Candles" section says them for users):
+Rules (docs/pipeline.md, "Candle rules", say them for users):
 - Time is stream time only: max of trade times and clock ticks. A candle closes when stream time
   reaches its end + the waiter latency, or earlier when a trade of the same symbol at or after its
   end proves it complete (Bybit delivers a symbol's trades in order).
-- A trade is *late* when the base-grid candle holding it has closed. A late trade older than the
-  revision window (stream time - T > window) is dropped and counted; otherwise every level takes
-  it: an open candle simply includes it, a closed one is emitted again with revision + 1 (and the
-  following candles whose open derives from its close, too). Never pushed into the next candle.
-- Duplicate trade ids count once. A duplicate has the same T as the original, so ids are kept per
-  base-grid candle, only while that candle could still take a trade.
+- Each interval on its own: a trade goes into every candle holding its T that is still open, and
+  revises every closed one while stream time - T <= the revision window (emitted again with
+  revision + 1, with the following candles whose open derives from its close); it is dropped,
+  and counted, only from the candles where neither holds. Never pushed into the next candle. So
+  an interval's candles do not depend on which other intervals are configured. (Trades go into
+  the base grid only; one whose base candle has closed is *late* and goes to each level
+  directly: aggregate.revisions.)
+- Duplicate trade ids count once: ids are remembered for a generation of stream time, at least
+  revision window + waiter latency (CoreBase._rotate_ids).
 """
 
 # In this hot path a comparison is cheaper than a call to max()/min().
@@ -25,7 +28,7 @@ import heapq
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 
-from aggregate.corebase import KEEP_BUCKETS, CoreConfig, add_one, ascending, known, merge
+from aggregate.corebase import CoreConfig, add_one, ascending, known, merge
 from aggregate.revisions import LateTrades
 from aggregate.speedups import summarize
 from aggregate.state import NEVER, CoreCandle, CoreState, Level, Record, SymbolState
@@ -60,6 +63,9 @@ class CandleCore(LateTrades):
         if not n:
             return
         st = self.state
+        top = times[0] if n == 1 else max(times)
+        if top >= self._rotate_at or st.now_ms >= self._rotate_at:
+            self._rotate_ids(top if top > st.now_ms else st.now_ms)
         sym = st.symbols.get(symbol)
         if sym is None:
             sym = self._new_symbol(symbol, times[0], None)
@@ -69,7 +75,7 @@ class CandleCore(LateTrades):
         t_last = times[-1]
         done = False
         if t_last < sym.next_end and (
-            n == 1 or (min(times) == t_first and max(times) == t_last)
+            n == 1 or (top == t_last and min(times) == t_first)
         ):  # first and last in place, closing nothing: the common case, no per-trade work
             if base.active:
                 if t_first >= base.open_ms:
@@ -126,8 +132,8 @@ class CandleCore(LateTrades):
         buys: Sequence[bool],
         ids: Sequence[str],
     ) -> bool:
-        """A dormant base (empty candles skipped) and a message that fits in one base candle not
-        closed yet, first and last in place: open the candle with it, and say so."""
+        """A dormant base (empty candles skipped, or hidden) and a message that fits in one base
+        candle not closed yet, first and last in place: open the candle with it, and say so."""
         t_first = times[0]
         o = t_first - t_first % self._base_ms
         e = o + self._base_ms
@@ -139,28 +145,19 @@ class CandleCore(LateTrades):
             and t_first < self._base_limit(sym)
         ):
             return False
-        buckets = self._ids.get(name)
-        if buckets is None or len(buckets) >= KEEP_BUCKETS:
-            buckets = self._buckets(name, sym)
-        elif buckets and max(buckets) + self._base_ms <= min(
-            st.now_ms - self._window, base.closed_until
-        ):  # all expired (a quiet symbol; the base limit is past the last close): gone at once
-            buckets.clear()
-        seen = set(ids) if o not in buckets else None
         sym.next_end = e  # coarser ends are later base boundaries
-        if seen is None or len(seen) != len(ids):  # ids seen before, or twice in this message
+        if not self._fresh(name, ids):  # ids seen before, or twice in this message
             base.open_ms = o
             base.end_ms = e
             base.active = True
             base.partial = False
             self._add(name, sym, base, times, prices, sizes, buys, ids)
         else:  # a new Level: one allocation instead of a store per field
-            buckets[o] = seen
             hi, lo, vol, turn, buy = summarize(prices, sizes, buys)
             sym.levels[0] = Level(
                 o, e, True, False, base.closed_until, len(ids), t_first, prices[0], times[-1],
                 prices[-1], hi, lo, vol, turn, buy, base.prev_close, base.pruned_close,
-                base.records,
+                base.records, base.pruned_until,
             )  # fmt: skip
         deadline = e + self._latency
         if deadline != sym.deadline:
@@ -183,21 +180,10 @@ class CandleCore(LateTrades):
         ids: Sequence[str],
     ) -> None:
         """Trades that all belong to the open base candle `lv`, first and last in place."""
-        buckets = self._ids.get(name)
-        seen = None if buckets is None else buckets.get(lv.open_ms)
-        if seen is None:
-            seen = self._bucket(name, sym, lv.open_ms)
-        n = len(ids)
-        if seen.isdisjoint(ids):
-            before = len(seen)
-            seen.update(ids)
-            if len(seen) - before != n:
-                seen.difference_update(ids)
-                self._add_dedup(name, lv, seen, times, prices, sizes, buys, ids)
-                return
-        else:
-            self._add_dedup(name, lv, seen, times, prices, sizes, buys, ids)
+        if not self._fresh(name, ids):
+            self._add_dedup(name, lv, times, prices, sizes, buys, ids)
             return
+        n = len(ids)
         hi, lo, vol, turn, buy = summarize(prices, sizes, buys)
         if lv.cnt == 0:  # its other fields are left from an earlier candle
             lv.ft, lv.fp, lv.lt, lv.lp, lv.hi, lv.lo = (
@@ -232,7 +218,6 @@ class CandleCore(LateTrades):
         self,
         name: str,
         lv: Level,
-        seen: set[str],
         times: Sequence[int],
         prices: Sequence[int],
         sizes: Sequence[int],
@@ -240,10 +225,9 @@ class CandleCore(LateTrades):
         ids: Sequence[str],
     ) -> None:
         for i, trade_id in enumerate(ids):
-            if trade_id in seen:
+            if self._seen(name, trade_id):
                 self.state.counters.duplicates += 1
                 continue
-            seen.add(trade_id)
             add_one(lv, times[i], prices[i], sizes[i], buys[i])
 
     def _feed_sorted(
@@ -380,11 +364,11 @@ class CandleCore(LateTrades):
         c = known(lv.prev_close)
         self.state.counters.candles += 1
         self.out.append(CoreCandle(name, self.plan[k].visible, o, c, c, c, c, 0, 0, 0, 0))
-        if self._window:
+        if self._keep_records:
             records = lv.records
             records.append(Record(o, e, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, False, False, 0, c, c, c, c))
             if len(records) > self._prune_at[k]:
-                self._prune_records(lv)
+                self._prune_records(lv, self.state.now_ms - self._window)  # no gap: no repair
         lv.closed_until = lv.open_ms = e
         lv.end_ms = e + self.plan[k].fixed_ms
 
@@ -405,15 +389,17 @@ class CandleCore(LateTrades):
             buy = lv.buy
             if prev is None or not self._bybit:
                 o, h, low = lv.fp, hi, lo
-            else:  # Bybit's open rule: open = previous close, high and low include it
+            else:  # Bybit's open rule, CoreBase._render inlined
                 o, h, low = prev, (hi if hi > prev else prev), (lo if lo < prev else prev)
             self.state.counters.candles += 1
             self.out.append(CoreCandle(name, visible, open_ms, o, h, low, c, vol, turn, buy, cnt))
-            if self._window:
+            if self._keep_records:
                 records = lv.records
-                if records and records[-1].end_ms <= self.state.now_ms - self._window:
+                horizon = self.state.now_ms - self._window  # no gap here, so no repair either
+                if records and records[-1].end_ms <= horizon:
                     # all expired (a quiet symbol): gone at once, before they pile up
                     lv.pruned_close = records[-1].c
+                    lv.pruned_until = records[-1].end_ms
                     records.clear()
                 records.append(
                     Record(
@@ -422,7 +408,7 @@ class CandleCore(LateTrades):
                     )
                 )  # fmt: skip
                 if len(records) > self._prune_at[k]:
-                    self._prune_records(lv)
+                    self._prune_records(lv, horizon)
             lv.prev_close = c
         else:
             self._close_any(name, sym, k, lv)
@@ -430,12 +416,12 @@ class CandleCore(LateTrades):
             for consumer in self._consumers[k]:
                 self._fold(name, sym, consumer, lv)
         lv.closed_until = end = lv.end_ms
-        if self._emit_empty:
+        if self._dormant[k]:
+            lv.active = False
+        else:
             lv.open_ms = end
             lv.end_ms = self.plan[k].next_open(end)
             lv.partial = False
-        else:
-            lv.active = False
         lv.cnt = 0  # its other fields are left as they are: see Level
 
     def _close_any(self, name: str, sym: SymbolState, k: int, lv: Level) -> None:
@@ -450,7 +436,7 @@ class CandleCore(LateTrades):
         prev = lv.prev_close
         c = lv.lp if cnt else known(prev)
         vol, turn, buy = (lv.vol, lv.turn, lv.buy) if cnt else (0, 0, 0)
-        if not cnt:
+        if not cnt:  # Bybit's open rule, CoreBase._render inlined
             o = h = low = c
         elif prev is None or not self._bybit:
             o, h, low = lv.fp, lv.hi, lv.lo
@@ -463,10 +449,12 @@ class CandleCore(LateTrades):
             self.out.append(
                 CoreCandle(name, visible, open_ms, o, h, low, c, vol, turn, buy, cnt, 0, gap)
             )
-        if self._window:
+        if self._keep_records:
             records = lv.records
-            if records and records[-1].end_ms <= self.state.now_ms - self._window:
+            horizon = self._horizon(sym)
+            if records and records[-1].end_ms <= horizon:
                 lv.pruned_close = records[-1].c  # all expired: gone at once
+                lv.pruned_until = records[-1].end_ms
                 records.clear()
             records.append(
                 Record(
@@ -475,7 +463,7 @@ class CandleCore(LateTrades):
                 )
             )  # fmt: skip
             if len(records) > self._prune_at[k]:
-                self._prune_records(lv)
+                self._prune_records(lv, horizon)
         lv.prev_close = c
 
     def _fold(self, name: str, sym: SymbolState, k: int, src: Level) -> None:
@@ -496,7 +484,7 @@ class CandleCore(LateTrades):
             sym.levels[k] = Level(
                 o, e, True, False, lv.closed_until, src.cnt, src.ft, src.fp,
                 src.lt, src.lp, src.hi, src.lo, src.vol, src.turn, src.buy, lv.prev_close,
-                lv.pruned_close, lv.records,
+                lv.pruned_close, lv.records, lv.pruned_until,
             )  # fmt: skip
             return
         merge(lv, src)

@@ -26,9 +26,11 @@ import msgspec
 
 from aggregate.candles import CoreConfig
 from aggregate.state import CoreState
+from common.history import STORE_LUA
+from common.intervals import canonical_label
 from common.leases import FENCE_LUA
 
-VERSION = 3
+VERSION = 5  # 5: gap repairs (open repairs per symbol, pruned_until per level); 4: scale 10**13
 CHECKPOINT_EVERY_S = 1.0
 CHECKPOINT_MAX_S = 5.0
 QUIET_MS = 250
@@ -48,6 +50,7 @@ class Checkpoint(msgspec.Struct, gc=False):
     ids_from: str  # re-read trades after this id (up to last_id) to rebuild the dedup ids
     steps: list[tuple[int, str]]  # (stream time, last id) of recent steps, to move ids_from on
     core: CoreState
+    shards: int = 0  # STREAMER_SHARDS it was made under (0: not recorded, before this field)
 
 
 # JSON, not msgpack: turnover sums (24 decimal digits, scaled) outgrow msgpack's 64-bit ints.
@@ -57,25 +60,40 @@ head_decoder = msgspec.json.Decoder(Head)
 
 
 def fingerprint(config: CoreConfig) -> str:
+    """The candle rules a checkpoint was made under. The shard count is not one of them: a
+    change of it is migrated (see aggregate.shard's load), not a cold start."""
     labels = ",".join(interval.label for interval in config.intervals)
     return (
         f"{labels}|latency={config.waiter_latency_ms}|window={config.revision_window_ms}"
+        f"|repair={max(config.repair_window_ms, config.revision_window_ms)}"
         f"|open={'previous_close' if config.open_at_previous_close else 'first_trade'}"
         f"|empty={'emit' if config.emit_empty else 'skip'}|updates={config.updates_ms}"
     )
 
 
+def same_rules(saved: str, current: str) -> bool:
+    """Whether a checkpoint's fingerprint names the current rules; interval labels compared in
+    their canonical spelling (a checkpoint made under `60m` resumes under `1h`)."""
+    labels, bar, rest = saved.partition("|")
+    canonical = ",".join(canonical_label(label) for label in labels.split(","))
+    return canonical + bar + rest == current
+
+
 WRITE_LUA = (
     FENCE_LUA
+    + STORE_LUA
     + """
--- KEYS: lease, klines, updates, state. ARGV: token, klines maxlen, updates maxlen, head,
--- checkpoint ('' = keep the one there), the closed candles' JSON joined by newlines, the
--- in-progress snapshots' JSON joined by newlines (candle JSON never holds a raw newline; one
--- argument for all instead of one per candle is far cheaper to send).
+-- KEYS: lease, klines, updates, state, then each closed candle's history key (in order).
+-- ARGV: token, klines maxlen, updates maxlen, head, checkpoint ('' = keep the one there), the
+-- closed candles' JSON joined by newlines, the in-progress snapshots' JSON joined by newlines
+-- (candle JSON never holds a raw newline; one argument for all instead of one per candle is far
+-- cheaper to send), history depth.
 local n = 0
+local depth = tonumber(ARGV[8])
 for candle in string.gmatch(ARGV[6], '[^\\n]+') do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'data', candle)
   n = n + 1
+  store_candle(KEYS[4 + n], candle, depth)
 end
 for candle in string.gmatch(ARGV[7], '[^\\n]+') do
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'data', candle)

@@ -20,7 +20,7 @@ from aggregate.state import NEVER, CoreCandle, CoreState, Level, Record, SymbolS
 from common.intervals import Interval
 
 KEEP_RECORDS = 8  # closed candles per level before expired ones are looked for, at least
-KEEP_BUCKETS = 8  # id sets per symbol before expired ones are looked for (more is harmless)
+DEDUP_MIN_MS = 10_000  # the duplicate filter's memory, at least (see CoreBase._rotate_ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,9 @@ class CoreConfig:
     open_at_previous_close: bool = True  # Bybit's rule; False = open at the first trade
     emit_empty: bool = True
     updates_ms: int = 0  # > 0: snapshots of changed in-progress candles at this stream period
+    # Trades a gap repair fetched back revise closed candles within this window (at least the
+    # revision window); 0: the revision window only. See aggregate.revisions.
+    repair_window_ms: int = 0
 
 
 def ascending(times: Sequence[int]) -> bool:
@@ -105,16 +108,22 @@ class CoreBase:
         self._base_ms = self.plan[0].fixed_ms
         self._latency = config.waiter_latency_ms
         self._window = config.revision_window_ms
+        self._repair_window = max(config.repair_window_ms, self._window)
+        self._keep_records = self._repair_window > 0  # closed candles kept for revisions
         self._bybit = config.open_at_previous_close
         self._emit_empty = config.emit_empty
         self._max_len = max(level.max_len_ms for level in self.plan)
         self._updates_ms = config.updates_ms
-        # A chain of levels, each fed by the one before, with empty candles emitted (no level
-        # ever dormant) or not: CandleCore._advance walks levels only while they have candles
-        # to close.
+        # A level is dormant between candles (no empty candle is opened, nor closed) when empty
+        # candles are skipped, and always when it is the hidden base grid: nothing shows its
+        # empty candles, and closing them one by one would cost a step per grid length per
+        # symbol (`333ms,1s`: a 1 ms grid; issue 14).
+        self._dormant = [not self._emit_empty or plan.visible < 0 for plan in self.plan]
+        # A chain of levels, each fed by the one before, with no level ever dormant or all of
+        # them: CandleCore._advance walks levels only while they have candles to close.
         chain = self._feeders == list(range(-1, len(self.plan) - 1))
-        self._nested_always = self._emit_empty and chain
-        self._nested_dormant = not self._emit_empty and chain
+        self._nested_always = chain and not any(self._dormant)
+        self._nested_dormant = chain and all(self._dormant)
         # Levels whose empty candles take the short path (CandleCore._close_empty).
         self._plain_empty = [
             self._emit_empty and plan.visible >= 0 and plan.fixed_ms > 0 for plan in self.plan
@@ -127,7 +136,13 @@ class CoreBase:
         ]
         self.state = state if state is not None else CoreState()
         self._dirty: dict[str, None] = dict.fromkeys(self.state.dirty)
-        self._ids: dict[str, dict[int, set[str]]] = {}
+        # The duplicate filter: trade ids by symbol, in two generations of `_ids_ms` of stream
+        # time each (see _rotate_ids).
+        self._ids_ms = max(DEDUP_MIN_MS, self._window + self._latency)
+        self._young: dict[str, set[str]] = {}
+        self._old: dict[str, set[str]] = {}
+        self._ids_epoch = -1
+        self._rotate_at = 0
         self._touched: dict[int, set[int]] = {}  # level -> opens of records changed by late trades
         self.out: list[CoreCandle] = []
 
@@ -139,15 +154,100 @@ class CoreBase:
         """
         self._new_symbol(symbol, start_ms, prev_close)
 
-    def remember_ids(self, symbol: str, times: Sequence[int], ids: Sequence[str]) -> None:
-        """Rebuild the duplicate filter after a resume, from trades already aggregated."""
-        sym = self.state.symbols.get(symbol)
-        if sym is None:
+    def remember_ids(
+        self, symbol: str, times: Sequence[int], ids: Sequence[str], now_ms: int
+    ) -> None:
+        """Rebuild the duplicate filter after a resume: one trades entry already aggregated,
+        with the stream time before it (aggregate.shard re-reads them)."""
+        top = max(times)
+        top = top if top > now_ms else now_ms
+        if top >= self._rotate_at:
+            self._rotate_ids(top)
+        young = self._young.get(symbol)
+        if young is None:
+            young = self._young[symbol] = set()
+        old = self._old.get(symbol, ())
+        young.update(i for i in ids if i not in old)
+
+    @property
+    def ids_horizon_ms(self) -> int:
+        """Trades that arrived before stream time (now // ms - 1) * ms are forgotten by now."""
+        return self._ids_ms
+
+    def remembered_ids(self, symbol: str | None = None) -> int:
+        """How many trade ids the duplicate filter holds (of `symbol`, or of all)."""
+        if symbol is not None:
+            return len(self._young.get(symbol, ())) + len(self._old.get(symbol, ()))
+        return sum(map(len, self._young.values())) + sum(map(len, self._old.values()))
+
+    def _rotate_ids(self, now_ms: int) -> None:
+        """A new generation of the duplicate filter at each multiple of `_ids_ms` of stream time,
+        judged at each trades entry by its time: max(stream time before it, its latest T). The
+        young ids become the old, the old are forgotten (both after a jump of two or more). So
+        an id is remembered for at least `_ids_ms` of stream time after its entry's time (at
+        most twice that), whatever its T; every quiet symbol is forgotten too, and the filter is
+        a function of the stream alone (a resume rebuilds it exactly).
+
+        `_ids_ms` >= revision window + waiter latency: a copy that can still revise a closed
+        candle, or change one closing, is caught. A copy arriving later than that would count
+        again in a candle still open (a long one); Bybit never repeats a trade and ingest drops
+        the copies it sees (ingest.dedup), so this filter only catches the few left around a
+        shard's takeover, seconds apart."""
+        epoch = now_ms // self._ids_ms
+        self._old = self._young if epoch == self._ids_epoch + 1 else {}
+        self._young = {}
+        self._ids_epoch = epoch
+        self._rotate_at = (epoch + 1) * self._ids_ms
+
+    def _fresh(self, name: str, ids: Sequence[str]) -> bool:
+        """True, and remembered, when the ids are all new and distinct; else nothing changes
+        (the caller goes trade by trade)."""
+        young = self._young.get(name)
+        if young is None:
+            young = self._young[name] = set()
+        old = self._old.get(name)
+        if (old is not None and not old.isdisjoint(ids)) or not young.isdisjoint(ids):
+            return False
+        before = len(young)
+        young.update(ids)
+        if len(young) - before == len(ids):
+            return True
+        young.difference_update(ids)  # repeated inside the message
+        return False
+
+    def _seen(self, name: str, trade_id: str) -> bool:
+        """The id was seen; if not, it is remembered now."""
+        old = self._old.get(name)
+        if old is not None and trade_id in old:
+            return True
+        young = self._young.get(name)
+        if young is None:
+            young = self._young[name] = set()
+        if trade_id in young:
+            return True
+        young.add(trade_id)
+        return False
+
+    def retain(self, symbols: Sequence[str]) -> list[str]:
+        """Forget every symbol not in `symbols`: its series ends (no more candles, not even
+        empty ones; its open candle is dropped, incomplete). Returns the names forgotten."""
+        keep = set(symbols)
+        gone = sorted(name for name in self.state.symbols if name not in keep)
+        self.forget(gone)
+        return gone
+
+    def forget(self, names: Sequence[str]) -> None:
+        """Drop the state of `names`; a trade of one later starts it afresh (a cold start)."""
+        if not names:
             return
-        for t, trade_id in zip(times, ids, strict=True):
-            o = t - t % self._base_ms
-            if not self._bucket_expired(sym, o):
-                self._bucket(symbol, sym, o).add(trade_id)
+        st = self.state
+        gone = set(names)
+        for name in names:
+            st.symbols.pop(name, None)
+            self._dirty.pop(name, None)  # its trade ids go with the filter's next generations
+        for deadline, due in st.due.items():
+            if not gone.isdisjoint(due):
+                st.due[deadline] = [name for name in due if name not in gone]
 
     def take(self) -> list[CoreCandle]:
         out, self.out = self.out, []
@@ -160,6 +260,13 @@ class CoreBase:
     def _render(
         self, cnt: int, fp: int, lp: int, hi: int, lo: int, prev: int | None
     ) -> tuple[int, int, int, int]:
+        """A candle's OHLC from its statistics: the one statement of Bybit's open rule.
+
+        With `open_at_previous_close` (Bybit's rule) a candle opens at the previous close, and its
+        high and low include that open; the first candle of a series (no previous close) opens at
+        its first trade. An empty candle is flat at the previous close. CandleCore._close and
+        _close_any inline this for the hot path: a change here goes there too.
+        """
         if cnt == 0:
             if prev is None:  # pragma: no cover - a first candle always holds its first trade
                 raise AssertionError("empty candle without a previous close")
@@ -186,31 +293,6 @@ class CoreBase:
         else:
             names.append(name)
 
-    def _bucket(self, name: str, sym: SymbolState, open_ms: int) -> set[str]:
-        buckets = self._buckets(name, sym)
-        seen = buckets.get(open_ms)
-        if seen is None:
-            seen = buckets[open_ms] = set()
-        return seen
-
-    def _buckets(self, name: str, sym: SymbolState) -> dict[int, set[str]]:
-        """`name`'s id sets by base-grid open; about to take one more, so the expired ones go
-        when there are many."""
-        buckets = self._ids.get(name)
-        if buckets is None:
-            buckets = self._ids[name] = {}
-        elif len(buckets) >= KEEP_BUCKETS:
-            # _bucket_expired, for every bucket at once
-            last = min(self.state.now_ms - self._window, self._base_limit(sym)) - self._base_ms
-            for open_ms in [o for o in buckets if o <= last]:
-                del buckets[open_ms]
-        return buckets
-
-    def _bucket_expired(self, sym: SymbolState, open_ms: int) -> bool:
-        """No trade of this base candle can be taken any more: its ids may be forgotten."""
-        end = open_ms + self._base_ms
-        return end <= self.state.now_ms - self._window and end <= self._base_limit(sym)
-
     def _base_limit(self, sym: SymbolState) -> int:
         """Trades before this time are late: their base-grid candle has closed.
 
@@ -223,8 +305,27 @@ class CoreBase:
         proven = max(sym.max_t, self.state.now_ms - self._latency)
         return max(base.closed_until, self.plan[0].floor(proven))
 
+    def _horizon(self, sym: SymbolState) -> int:
+        """Closed candles of `sym` that end at or before this are let go: those the revision
+        window no longer reaches, except, while a repair is open, from its start on (up to
+        the repair window)."""
+        now = self.state.now_ms
+        horizon = now - self._window
+        if sym.repairs:
+            held = min(r.from_ms for r in sym.repairs)
+            floor = now - self._repair_window
+            if held < floor:
+                held = floor
+            if held < horizon:
+                horizon = held
+        return horizon
+
     def _prune_gaps(self, sym: SymbolState) -> None:
-        horizon = self.state.now_ms - self._window - self._max_len
+        """Forget gaps no kept candle overlaps, and repairs too old to revise anything."""
+        if sym.repairs:
+            oldest = self.state.now_ms - self._repair_window
+            sym.repairs = [r for r in sym.repairs if r.to_ms >= oldest]
+        horizon = self._horizon(sym) - self._max_len
         sym.gaps = [g for g in sym.gaps if g[1] >= horizon]
 
     @staticmethod

@@ -1,4 +1,4 @@
-"""Core candles to candle JSON (DESIGN §5): exact decimals from scaled integers.
+"""Core candles to candle JSON (docs/formats.md "The candle"): exact decimals from scaled integers.
 
 `CandleWriter.encode` is on the hot path (every candle written), so it fills a bytes template
 instead of building a `common.wire.Candle`: the symbol/interval head is cached per series and
@@ -17,6 +17,7 @@ from common.wire import Candle, raw_number
 
 _CACHE_MAX = 100_000
 _ONE = 10**SCALE_DIGITS
+_FRACTION = b"%%0%dd" % SCALE_DIGITS  # b"%013d"
 _TEMPLATE = (
     b'%s%d,"open":%s,"high":%s,"low":%s,"close":%s,"volume":%s,"turnover":%s,'
     b'"trade_count":%d,"buy_volume":%s,"sell_volume":%s,"closed":%s,"revision":%d,'
@@ -25,13 +26,13 @@ _TEMPLATE = (
 
 
 def _scaled_bytes(value: int) -> bytes:
-    """format_scaled(value) as ASCII bytes, for the 12-digit scale."""
+    """format_scaled(value) as ASCII bytes."""
     if value < 0:
         return b"-" + _scaled_bytes(-value)
     whole, frac = divmod(value, _ONE)
     if frac == 0:
         return b"%d" % whole
-    return b"%d.%s" % (whole, (b"%012d" % frac).rstrip(b"0"))
+    return b"%d.%s" % (whole, (_FRACTION % frac).rstrip(b"0"))
 
 
 class CandleWriter:

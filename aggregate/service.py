@@ -8,11 +8,13 @@ import logging
 import redis.asyncio as aioredis
 
 from aggregate.candles import CoreConfig
-from aggregate.shard import ShardAggregator
+from aggregate.shard import OnWritten, ShardAggregator
+from aggregate.state import CoreCandle
+from common.intervals import Interval
 from common.keys import Keys
-from common.leases import ShardClaimer
+from common.leases import ShardClaimer, new_token
 from common.lifecycle import TaskSet, until_stopped
-from common.metrics import serve_metrics
+from common.metrics import CANDLE_DELAY, serve_metrics
 from common.redisconn import connect
 from common.settings import AggregateSettings, KlineEmpty, KlineOpen
 
@@ -25,24 +27,46 @@ def core_config(settings: AggregateSettings) -> CoreConfig:
         intervals=settings.kline_intervals,
         waiter_latency_ms=settings.aggregator_waiter_latency_ms if waiter else 0,
         revision_window_ms=int(settings.kline_revision_window_s * 1000),
+        repair_window_ms=int(settings.kline_repair_window_s * 1000),
         open_at_previous_close=settings.kline_open is KlineOpen.PREVIOUS_CLOSE,
         emit_empty=settings.kline_empty is KlineEmpty.EMIT,
         updates_ms=settings.kline_updates_ms,
     )
 
 
+def delay_observer(intervals: tuple[Interval, ...]) -> OnWritten:
+    """The `on_written` of `ShardAggregator` that feeds `streamer_candle_delay_seconds`:
+    wall-clock write time minus the candle's end, for first emissions (a revision is late on
+    purpose)."""
+    labels = [interval.label for interval in intervals]
+
+    def written(candles: list[CoreCandle], wall_ms: float, _stream_ms: int) -> None:
+        for c in candles:
+            if c.revision == 0:
+                end_ms = intervals[c.interval].next_open(c.open_ms)
+                CANDLE_DELAY.observe((wall_ms - end_ms) / 1000, labels[c.interval])
+
+    return written
+
+
 class AggregateShards:
     """The `ShardWorkers` of aggregate: one `ShardAggregator` task per owned shard."""
 
     def __init__(
-        self, redis: aioredis.Redis, keys: Keys, settings: AggregateSettings, tasks: TaskSet
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        settings: AggregateSettings,
+        tasks: TaskSet,
+        token: str,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self._settings = settings
         self._config = core_config(settings)
+        self._observe_delays = delay_observer(settings.kline_intervals)
         self._tasks = tasks
-        self.token = ""
+        self.token = token  # this process's lease token: the fence of every write it makes
         self._running: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
 
     async def start_shard(self, shard: int) -> None:
@@ -57,6 +81,9 @@ class AggregateShards:
             settings.aggregator_batch,
             settings.klines_maxlen,
             settings.updates_maxlen,
+            settings.history_candles,
+            shards=settings.shards,
+            on_written=self._observe_delays,
         )
         stop = asyncio.Event()
         task = self._tasks.spawn(worker.run(stop), name=f"aggregate-shard-{shard}")
@@ -84,7 +111,8 @@ async def run(settings: AggregateSettings, stop: asyncio.Event) -> None:
     redis = connect(settings)
     redis.response_callbacks.pop("XREAD", None)  # raw replies: see aggregate.shard
     tasks = TaskSet()
-    shards = AggregateShards(redis, keys, settings, tasks)
+    token = new_token("aggregate")
+    shards = AggregateShards(redis, keys, settings, tasks, token)
     claimer = ShardClaimer(
         redis,
         keys,
@@ -93,8 +121,8 @@ async def run(settings: AggregateSettings, stop: asyncio.Event) -> None:
         settings.fixed_shards(),
         settings.lease_ttl_ms,
         shards,
+        token=token,
     )
-    shards.token = claimer.token
     claim_stop = asyncio.Event()
     claim_task = tasks.spawn(claimer.run(claim_stop), name="claimer")
     server = None

@@ -14,13 +14,20 @@ import time
 
 from bench.report import Row, table
 
-MODULES = ["simulator", "ingest", "aggregate", "core", "publish", "pipeline"]
+MODULES = [
+    "simulator", "ingest", "aggregate", "core", "publish", "postgres", "pipeline", "history",
+    "boundary",
+]  # fmt: skip
+# Run only when named (`python -m bench replay`): a generated 2,000,000-trade day takes minutes.
+ON_REQUEST = ["replay"]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--smoke", action="store_true", help="short runs that only prove it works")
-    parser.add_argument("names", nargs="*", default=MODULES, help=f"any of {', '.join(MODULES)}")
+    parser.add_argument(
+        "names", nargs="*", default=MODULES, help=f"any of {', '.join(MODULES + ON_REQUEST)}"
+    )
     args = parser.parse_args()
     rows: list[Row] = []
     notes: list[str] = []

@@ -26,10 +26,11 @@ import redis
 import redis.asyncio as aioredis
 
 from aggregate.service import core_config
-from aggregate.shard import ShardAggregator, _entries
+from aggregate.shard import OnWritten, ShardAggregator, _entries
 from aggregate.state import CoreCandle
 from bench.core import workload
 from bench.report import Row
+from common.decimals import SCALE
 from common.keys import Keys
 from common.settings import AggregateSettings
 from common.wire import STREAM_FIELD, ClockEntry, Side, Trade, TradesEntry, entry_encoder
@@ -40,7 +41,7 @@ LATENCY_MS = 80
 
 
 def _settings(url: str) -> AggregateSettings:
-    return AggregateSettings(  # type: ignore[call-arg]
+    return AggregateSettings(
         redis_url=url,
         kline_intervals=INTERVALS,
         aggregator_waiter_latency_ms=LATENCY_MS,
@@ -56,7 +57,7 @@ def _stream_payloads(trades: int) -> tuple[list[bytes], int]:
     # symbols' 1 s candles are empty, as on Bybit's linear market (empty candles are emitted).
     for msg in workload(trades, span_ms=trades // 10, min_step_ms=0):
         batch = [
-            Trade(t, f"{p / 10**12:.2f}", f"{s / 10**12:.3f}", Side.BUY if b else Side.SELL, i)
+            Trade(t, f"{p / SCALE:.2f}", f"{s / SCALE:.3f}", Side.BUY if b else Side.SELL, i)
             for t, p, s, b, i in zip(
                 msg.times, msg.prices, msg.sizes, msg.buys, msg.ids, strict=True
             )
@@ -83,7 +84,7 @@ async def _raw_read(client: aioredis.Redis, stream: str, last: str) -> float:
     start = time.perf_counter()
     position = "0-0"
     while position != last:
-        reply = await client.execute_command(  # type: ignore[no-untyped-call]
+        reply = await client.execute_command(  # type: ignore[no-untyped-call]  # unannotated in redis-py
             "XREAD", "COUNT", 2000, "STREAMS", stream, position
         )
         entries = _entries(reply)
@@ -91,11 +92,14 @@ async def _raw_read(client: aioredis.Redis, stream: str, last: str) -> float:
     return time.perf_counter() - start
 
 
-def _worker(client: aioredis.Redis, keys: Keys, url: str) -> ShardAggregator:
+def _worker(
+    client: aioredis.Redis, keys: Keys, url: str, on_written: OnWritten | None = None
+) -> ShardAggregator:
     settings = _settings(url)
     return ShardAggregator(
-        client, keys, 0, core_config(settings), "linear", "bench", 2000, 10**7, 10**5
-    )
+        client, keys, 0, core_config(settings), "linear", "bench", 2000, 10**7, 10**5,
+        on_written=on_written,
+    )  # fmt: skip
 
 
 async def _throughput(client: aioredis.Redis, url: str, trades: int, trials: int) -> list[Row]:
@@ -162,8 +166,6 @@ async def _closing_delay(client: aioredis.Redis, url: str, seconds: float) -> li
     candle every second, the burst a shard really has at each boundary."""
     keys = Keys("live")
     await client.set(keys.lease("aggregate", 0), "bench")
-    worker = _worker(client, keys, url)
-    await worker.load()
     stream_delays: list[float] = []
     wall_delays: list[float] = []
     symbols = 500
@@ -175,7 +177,8 @@ async def _closing_delay(client: aioredis.Redis, url: str, seconds: float) -> li
                 stream_delays.append(now - due)
                 wall_delays.append(wall_ms - due)
 
-    worker.on_written = written
+    worker = _worker(client, keys, url, written)
+    await worker.load()
     stop_at = time.time() + seconds
     producer = multiprocessing.get_context("spawn").Process(
         target=_produce, args=(url, keys.trades(0), symbols, 2500, stop_at)

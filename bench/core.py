@@ -15,17 +15,25 @@ every candle closed at the end) and the counts must agree.
 
 from __future__ import annotations
 
+import hashlib
+import multiprocessing
 import random
 import statistics
 import sys
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from aggregate.candles import CandleCore, CoreConfig
+from aggregate.feed import EntryFeeder
+from aggregate.output import CandleWriter
 from bench.report import Row
 from common.decimals import SCALE
 from common.intervals import parse_intervals
+from common.wire import ClockEntry, Side, Trade, TradesEntry, entry_encoder
 
 INTERVALS = parse_intervals("1s,1m,5m,15m,1h,4h")
 START_MS = 1_786_300_000_000
@@ -128,6 +136,102 @@ def run_plain(messages: list[Message]) -> tuple[float, Counter[str]]:
     return elapsed, counts
 
 
+# (intervals, stream span in days): the calendar one crosses week and month ends.
+DIGEST_CONFIGS = (("1s,1m,5m,15m,1h,4h", 0.25), ("1m,5m,1h", 0.25), ("1s,15s,1m", 0.25),
+                  ("1h,1d,1w,1M", 75))  # fmt: skip
+
+
+def digests(trades: int = 100_000) -> dict[str, str]:
+    """sha256 of the candle JSON a core writes for the seeded workload, per configuration.
+
+    In-order trades only: a change of the late-trade rules must leave these equal."""
+    out: dict[str, str] = {}
+    for text, days in DIGEST_CONFIGS:
+        span_ms = int(days * 86_400_000)
+        messages = workload(trades, symbols=20, span_ms=span_ms)
+        intervals = parse_intervals(text)
+        writer = CandleWriter(intervals, "linear")
+        for emit, bybit in ((True, True), (False, True), (True, False)):
+            core = CandleCore(CoreConfig(intervals, 80, 10_000, bybit, emit))
+            digest = hashlib.sha256()
+            for msg in messages:
+                core.trades(msg.symbol, msg.times, msg.prices, msg.sizes, msg.buys, msg.ids)
+                for candle in core.take():
+                    digest.update(writer.encode(candle) + b"\n")
+            end = messages[-1].times[-1]
+            for step in range(1, 101):  # closing what is due, in steps: bounded memory
+                core.clock(end + step * span_ms // 100)
+                for candle in core.take():
+                    digest.update(writer.encode(candle) + b"\n")
+            name = f"{text} empty={'emit' if emit else 'skip'} open={'prev' if bybit else 'first'}"
+            out[name] = digest.hexdigest()[:16]
+    return out
+
+
+def tiny_grid(symbols: int = 20, stream_s: int = 60) -> tuple[float, float]:
+    """`333ms,1s` (a 1 ms common grid) with empty candles on, 2 trades/s per symbol: seconds of
+    CPU per second of stream, and trades/s (issue 14: the closing walk must not run per ms)."""
+    trades = 2 * symbols * stream_s
+    messages = workload(trades, symbols=symbols, span_ms=stream_s * 1000)
+    core = CandleCore(CoreConfig(parse_intervals("333ms,1s"), 80, 10_000, True, True))
+    start = time.process_time()
+    for msg in messages:
+        core.trades(msg.symbol, msg.times, msg.prices, msg.sizes, msg.buys, msg.ids)
+        core.out.clear()
+    elapsed = time.process_time() - start
+    span_s = (messages[-1].times[-1] - messages[0].times[0]) / 1000
+    return elapsed / span_s, trades / elapsed
+
+
+def _rss_run(symbols: int, rate: int, seconds: int, out: Any) -> None:
+    """In its own process: the aggregator's entry path (decode, parse, core) over `seconds` of
+    stream at `rate` trades/s (Bybit-like messages of 1-5 trades, UUID trade ids, a clock
+    entry every 20 ms), as fast as it goes; then its RSS."""
+    core = CandleCore(CoreConfig(parse_intervals("1d,1w,1M"), 80, 10_000))
+    feeder = EntryFeeder(core)
+    rng = random.Random(3)
+    names = [f"S{i:04d}USDT" for i in range(symbols)]
+    t = float(START_MS)
+    end = START_MS + seconds * 1000
+    next_clock = START_MS
+    serial = 0
+    batch: list[bytes] = []
+    start = time.perf_counter()
+    while t < end:
+        n = rng.randint(1, 5)
+        trades = []
+        for _ in range(n):
+            serial += 1
+            trade_id = str(uuid.UUID(int=rng.getrandbits(128)))
+            price = f"{rng.randint(10_000, 10_100) / 100:.2f}"
+            trades.append(Trade(int(t), price, "0.010", Side.BUY, trade_id))
+        batch.append(entry_encoder.encode(TradesEntry(rng.choice(names), trades)))
+        t += n * 1000 / rate
+        if t >= next_clock:
+            batch.append(entry_encoder.encode(ClockEntry(int(t))))
+            next_clock = int(t) + 20
+        if len(batch) >= 2000:
+            feeder.feed(batch)
+            batch.clear()
+            core.out.clear()
+    feeder.feed(batch)
+    elapsed = time.perf_counter() - start
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    remembered = getattr(core, "remembered_ids", lambda: -1)()
+    out.put((status["VmRSS"].strip(), status["VmHWM"].strip(), serial, remembered, elapsed))
+
+
+def rss_calendar(symbols: int = 2_000, rate: int = 5_000, seconds: int = 600) -> tuple[Any, ...]:
+    """(RSS, peak RSS, trades, ids the duplicate filter holds, seconds taken) of `_rss_run`."""
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    process = context.Process(target=_rss_run, args=(symbols, rate, seconds, out))
+    process.start()
+    result: tuple[Any, ...] = out.get()
+    process.join()
+    return result
+
+
 def run(smoke: bool) -> list[Row]:
     trades = 50_000 if smoke else 1_000_000
     messages = workload(trades)
@@ -163,5 +267,18 @@ def run(smoke: bool) -> list[Row]:
 
 
 if __name__ == "__main__":
-    for row in run("--smoke" in sys.argv):
-        print(row)
+    if "--digest" in sys.argv:
+        for config, value in digests().items():
+            print(f"{value}  {config}")
+    elif "--rss" in sys.argv:
+        rss, peak, count, ids, took = rss_calendar()
+        print(
+            f"1d,1w,1M, 2,000 symbols, 10 min of stream at 5,000 trades/s ({count:,} trades, "
+            f"{took:.0f} s): RSS {rss}, peak {peak}; duplicate filter {ids:,} ids"
+        )
+    elif "--tiny" in sys.argv:
+        cpu_per_s, rate = tiny_grid()
+        print(f"333ms,1s, 20 symbols: {cpu_per_s:.4f} s of CPU per s of stream, {rate:,.0f} /s")
+    else:
+        for row in run("--smoke" in sys.argv):
+            print(row)

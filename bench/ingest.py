@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
-import socket
-import subprocess
 import tempfile
 import time
 import uuid
+from functools import partial
+from pathlib import Path
 
 import msgspec
 import redis
@@ -27,9 +27,12 @@ from bench.report import Row
 from common.keys import Keys
 from common.lifecycle import TaskSet
 from common.sharding import shard_of
+from common.wire import Category
 from ingest.bybit.messages import TradeMessage, parse_frame
+from ingest.pool import Pool
 from ingest.shards import IngestShards
 from ingest.writer import Writer, encode_trades
+from tests.support.redisproc import RedisProcess
 
 SHARDS = 3
 SYMBOLS = [f"S{i:03d}USDT" for i in range(200)]
@@ -40,7 +43,7 @@ _encode = msgspec.json.Encoder().encode
 def make_frames(count: int, seed: int = 1) -> list[bytes]:
     """Frames shaped like the real capture: ~69% carry one trade, 2.9 trades on average."""
     rng = random.Random(seed)
-    frames = []
+    frames: list[bytes] = []
     time_ms = 1_786_310_819_000
     for _ in range(count):
         symbol = rng.choice(SYMBOLS)
@@ -67,48 +70,18 @@ def make_frames(count: int, seed: int = 1) -> list[bytes]:
 
 
 class _Server:
+    """A private redis-server (tests/support/redisproc.py) in a temporary folder."""
+
     def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not on PATH; run `make install`")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
         self.dir = tempfile.mkdtemp(prefix="bench-ingest-")
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--dir",
-                self.dir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        client.close()
+        self.redis = RedisProcess(Path(self.dir)).start()
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.redis.url
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        self.redis.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -118,7 +91,8 @@ async def _ingest_once(url: str, frames: list[bytes]) -> tuple[int, float, float
     keys = Keys("bench")
     for shard in range(SHARDS):
         await client.set(keys.lease("ingest", shard), TOKEN)
-    writer = Writer(
+    open_writer = partial(
+        Writer,
         client,
         keys,
         TOKEN,
@@ -128,11 +102,19 @@ async def _ingest_once(url: str, frames: list[bytes]) -> tuple[int, float, float
         retention_s=3600,
     )
     tasks = TaskSet()
-    shards = IngestShards(client, keys, SHARDS, writer, tasks, 10.0)
+    stop = asyncio.Event()
+    # A pool of no connections: the frames are fed to `on_trades` below, without a socket.
+    no_sockets = partial(
+        Pool, "ws://unused", Category.LINEAR, 0, ping_interval_s=20.0, dead_after_s=60.0,
+        tasks=tasks, stop=stop,
+    )  # fmt: skip
+    shards = IngestShards(
+        client, keys, SHARDS, tasks, 10.0, open_writer=open_writer, open_pool=no_sockets
+    )
+    writer = shards.writer
     for shard in range(SHARDS):
         shards.own(shard, [s for s in SYMBOLS if shard_of(s, SHARDS) == shard])
         writer.ready.add(shard)
-    stop = asyncio.Event()
     writer_task = asyncio.create_task(writer.run(stop))
     on_trades = shards.on_trades
     trades = 0

@@ -95,7 +95,7 @@ def _profile_lines(path: Path, stage: str, symbols: int, rate: int) -> list[str]
     if not path.exists():
         return [f"profile of {stage}: no output (it did not exit cleanly)"]
     stats = pstats.Stats(str(path))
-    table: dict[tuple[str, int, str], tuple[int, int, float, float, object]] = stats.stats  # type: ignore[attr-defined]
+    table: dict[tuple[str, int, str], tuple[int, int, float, float, object]] = stats.stats  # type: ignore[attr-defined]  # not in typeshed
     total = sum(own_s for _, _, own_s, _, _ in table.values()) or 1.0
     by_package: Counter[str] = Counter()  # own time in µs
     for (file, _, _), (_, _, own_s, _, _) in table.items():

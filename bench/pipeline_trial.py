@@ -5,8 +5,11 @@ See bench/pipeline.py for what is measured and how "keeps up" is judged.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
+import subprocess
 import threading
 import time
 import urllib.request
@@ -193,10 +196,22 @@ def _trade_lags(client: redis.Redis, pipe: Pipeline) -> list[int]:
 
 
 class Run:
-    """One pipeline on its own Redis and simulator; stopped by `close`."""
+    """One pipeline on its own Redis and simulator; stopped by `close`. `publish_env`: settings
+    for the publish process only (e.g. more consumers); `modules`: another module to run a
+    stage with (e.g. bench.aggregate_nostore for aggregate)."""
 
-    def __init__(self, tmp: Path, symbols: int, rate: int, profile: str | None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        symbols: int,
+        rate: int,
+        profile: str | None,
+        publish_env: dict[str, str] | None = None,
+        modules: dict[str, str] | None = None,
+    ) -> None:
         self.tmp = tmp
+        self.publish_env = publish_env or {}
+        self.modules = modules or {}
         self.server = RedisProcess(tmp / "redis").start()
         self.client = self.server.client()
         self.arrivals: _Arrivals | None = None
@@ -218,10 +233,13 @@ class Run:
         self.pipe.sim.ws_url, self.pipe.sim.rest_url = ws_url, rest_url
         for stage in STAGES:
             args: tuple[str, ...] = ()
-            module = stage
+            module = self.modules.get(stage, stage)
             if stage == profile:
-                module, args = "cProfile", ("-o", str(self.profile_path), "-m", stage)
-            self.pipe.start(module, stage, *args, STREAMER_METRICS_PORT=str(self.ports[stage]))
+                module, args = "cProfile", ("-o", str(self.profile_path), "-m", module)
+            extra = self.publish_env if stage == "publish" else {}
+            self.pipe.start(
+                module, stage, *args, STREAMER_METRICS_PORT=str(self.ports[stage]), **extra
+            )
             if stage == "publish":
                 wait_for_ws(self.pipe.ws_port)
                 self.arrivals = _Arrivals(self.pipe.ws_port)
@@ -255,9 +273,12 @@ class Run:
         while time.monotonic() - start < result.window_s:
             time.sleep(0.5)
             result.trade_lag_ms += _trade_lags(self.client, self.pipe)
-            result.agg_lag_ms += _metrics(self.ports["aggregate"]).get(
-                "streamer_aggregate_stream_lag_ms", []
-            )
+            result.agg_lag_ms += [
+                lag_s * 1000
+                for lag_s in _metrics(self.ports["aggregate"]).get(
+                    "streamer_aggregate_stream_lag_seconds", []
+                )
+            ]
         elapsed = time.monotonic() - start
         result.load_1m = os.getloadavg()[0]
         ingest = _metrics(self.ports["ingest"])
@@ -315,8 +336,14 @@ class Run:
         if self.arrivals is not None:
             self.arrivals.stop()
         if hasattr(self, "pipe"):
-            self.pipe.stop_all()
-            self.pipe.sim.proc.stop()
+            procs = [*self.pipe.procs.values(), self.pipe.sim.proc]
+            for proc in procs:  # all at once: the slowest drain, not the sum of them
+                if proc.popen.poll() is None:
+                    proc.popen.send_signal(signal.SIGTERM)
+            for proc in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.popen.wait(20)
+                proc.stop()  # closes its log (one that ignored SIGTERM: killed, and raises)
         self.client.close()
         self.server.stop()
 

@@ -15,13 +15,13 @@ import asyncio
 import base64
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -29,6 +29,11 @@ from bench.report import Row
 from common.keys import Keys
 from common.sharding import shard_of
 from common.wire import Candle, candle_encoder, raw_number
+from tests.support.redisproc import RedisProcess, free_port
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
+    from websockets.asyncio.server import ServerConnection
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS = 2
@@ -36,13 +41,6 @@ USER, KEY = "bench", "bench-key"
 PER_FRAME = 100
 PREFIX = "bench"
 LIMIT = 256 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def make_candles(count: int, start_ms: int) -> list[bytes]:
@@ -85,10 +83,10 @@ async def _clients(url: str, clients: int, candles: int) -> None:
     ]
     first: list[float] = []
 
-    async def receive(conn: object) -> None:
+    async def receive(conn: ClientConnection) -> None:
         got = 0
         while got < candles:
-            frame = await conn.recv(decode=False)  # type: ignore[attr-defined]
+            frame = await conn.recv(decode=False)
             if not first:
                 first.append(time.perf_counter())
             got += frame.count(b'"symbol"')
@@ -101,7 +99,9 @@ async def _clients(url: str, clients: int, candles: int) -> None:
         await conn.close()
 
 
-async def _run_clients(url: str, clients: int, candles: int, trigger: object) -> float:
+async def _run_clients(
+    url: str, clients: int, candles: int, trigger: Callable[[], Awaitable[None]]
+) -> float:
     """Start the client process, call `trigger()` once all are connected, return deliveries/s."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.publish", "clients", url, str(clients), str(candles),
@@ -110,7 +110,7 @@ async def _run_clients(url: str, clients: int, candles: int, trigger: object) ->
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 60)
     assert line.strip() == b"ready", line
-    await trigger()  # type: ignore[operator]
+    await trigger()
     result = json.loads(await asyncio.wait_for(proc.stdout.readline(), 300))
     await proc.wait()
     return float(result["deliveries"] / result["elapsed_s"])
@@ -119,8 +119,8 @@ async def _run_clients(url: str, clients: int, candles: int, trigger: object) ->
 # --- the two servers -------------------------------------------------------------------------
 
 
-async def _hold(conn: object) -> None:
-    await conn.wait_closed()  # type: ignore[attr-defined]
+async def _hold(conn: ServerConnection) -> None:
+    await conn.wait_closed()
 
 
 def _frames(raws: list[bytes]) -> list[bytes]:
@@ -133,10 +133,8 @@ async def _broadcast_trial(raws: list[bytes], clients: int) -> float:
     from websockets.asyncio.server import broadcast, serve
 
     frames = _frames(raws)
-    port = _free_port()
-    async with serve(
-        lambda conn: conn.wait_closed(), "127.0.0.1", port, compression=None
-    ) as server:
+    async with serve(lambda conn: conn.wait_closed(), "127.0.0.1", 0, compression=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]  # bound to port 0: no race
 
         async def send_all() -> None:
             while len(server.connections) < clients:  # noqa: ASYNC110
@@ -197,30 +195,6 @@ def _start_publisher(redis_port: int, ws_port: int, log: Path) -> subprocess.Pop
     return proc
 
 
-def _start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not on PATH")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.exceptions.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-    client.close()
-    return proc, port
-
-
 def run(smoke: bool) -> list[Row]:
     import uvloop
 
@@ -230,8 +204,9 @@ def run(smoke: bool) -> list[Row]:
     ours: list[float] = []
     raw: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        redis_proc, redis_port = _start_redis(Path(tmp))
-        ws_port = _free_port()
+        redis_server = RedisProcess(Path(tmp) / "redis").start()
+        redis_port = redis_server.port
+        ws_port = free_port()
         publisher = _start_publisher(redis_port, ws_port, Path(tmp) / "publish.log")
         try:
             for trial in range(trials):
@@ -245,8 +220,7 @@ def run(smoke: bool) -> list[Row]:
         finally:
             publisher.terminate()
             publisher.wait(30)
-            redis_proc.terminate()
-            redis_proc.wait(10)
+            redis_server.stop()
     ours.sort()
     raw.sort()
     return [

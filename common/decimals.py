@@ -8,7 +8,10 @@ which is the exchange's own digits without trailing zeros.
 
 from __future__ import annotations
 
-SCALE_DIGITS = 12
+# 13: the finest step Bybit lists (spot BABYDOGEUSDT's tickSize 0.0000000000001 in the real
+# capture's instruments-info; lots go to 6 decimals). A price below 922,337.2 is
+# then still a 64-bit integer, the fast path of aggregate/_speedups.c.
+SCALE_DIGITS = 13
 SCALE = 10**SCALE_DIGITS
 PRODUCT_DIGITS = 2 * SCALE_DIGITS
 _PAD = tuple("0" * (SCALE_DIGITS - n) for n in range(SCALE_DIGITS + 1))

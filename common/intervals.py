@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
+from functools import total_ordering
 
 from common.errors import ConfigError
 
@@ -17,15 +18,22 @@ _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _WEEK_MS = 7 * 86_400_000
 _MONDAY_OFFSET_MS = 4 * 86_400_000  # 1970-01-01 was a Thursday; the first Monday is 4 days later
 _MONTH_NOMINAL_MS = 30 * 86_400_000
-_PATTERN = re.compile(r"^(\d+)(ms|s|m|h|d|w|M)$")
+_MAX_FIXED_MS = 365 * 86_400_000
+_PATTERN = re.compile(r"^(\d{1,12})(ms|s|m|h|d|w|M)$")
 
-ALLOWED_TEXT = "<n>ms, <n>s, <n>m, <n>h, <n>d, 1w or 1M (e.g. 500ms,1s,15s,1m,7m,1h,4h,1d,1w,1M)"
+ALLOWED_TEXT = (
+    "<n>ms, <n>s, <n>m, <n>h, <n>d up to 365d, 1w or 1M (e.g. 500ms,1s,15s,1m,7m,1h,4h,1d,7d,1w,1M)"
+)
 
 
 class Calendar(Enum):
     FIXED = "fixed"
     WEEK = "week"
     MONTH = "month"
+
+
+# Intervals of equal nominal length are ordered fixed first (7d before 1w, 30d before 1M).
+_CALENDAR_RANK = {Calendar.FIXED: 0, Calendar.WEEK: 1, Calendar.MONTH: 2}
 
 
 # Bybit's kline codes, keyed by (calendar, nominal length in ms).
@@ -47,13 +55,28 @@ _BYBIT_CODES: dict[tuple[Calendar, int], str] = {
 BYBIT_INTERVALS_TEXT = "1m 3m 5m 15m 30m 1h 2h 4h 6h 12h 1d 1w 1M"
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@total_ordering
+@dataclass(frozen=True, slots=True)
 class Interval:
-    """A candle length. `ms` is the exact length for fixed intervals, the nominal one otherwise."""
+    """A candle length. `ms` is the exact length for fixed intervals, the nominal one otherwise.
+
+    `label` is the canonical spelling (`60m` and `3600s` are `1h`), so two spellings of one
+    interval are equal everywhere: in checkpoints, stream labels and comparisons. Ordered by
+    length, then fixed before calendar: `7d` and `1w` (or `30d` and `1M`) are different
+    intervals of one nominal length (a 7-day candle aligned to the epoch is not Monday's week).
+    """
 
     ms: int
     calendar: Calendar
     label: str
+
+    def _key(self) -> tuple[int, int, str]:
+        return (self.ms, _CALENDAR_RANK[self.calendar], self.label)
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Interval):
+            return NotImplemented
+        return self._key() < other._key()
 
     @classmethod
     def parse(cls, text: str) -> Interval:
@@ -71,7 +94,10 @@ class Interval:
             if count != 1:
                 raise ConfigError(f"interval {text!r}: only 1M (calendar month) is supported")
             return cls(_MONTH_NOMINAL_MS, Calendar.MONTH, "1M")
-        return cls(count * _UNIT_MS[unit], Calendar.FIXED, f"{count}{unit}")
+        ms = count * _UNIT_MS[unit]
+        if ms > _MAX_FIXED_MS:
+            raise ConfigError(f"interval {text!r} is longer than 365d; allowed: {ALLOWED_TEXT}")
+        return cls(ms, Calendar.FIXED, _canonical_label(Calendar.FIXED, ms))
 
     @classmethod
     def from_bybit_code(cls, code: str) -> Interval:
@@ -123,8 +149,17 @@ def _canonical_label(calendar: Calendar, ms: int) -> str:
     return f"{ms}ms"
 
 
+def canonical_label(text: str) -> str:
+    """The canonical spelling of an interval label (`60m` -> `1h`); unknown text as it is."""
+    try:
+        return Interval.parse(text).label
+    except ConfigError:
+        return text
+
+
 def parse_intervals(text: str) -> tuple[Interval, ...]:
-    """Parse a comma-separated list, sorted shortest first; duplicates are an error."""
+    """Parse a comma-separated list, sorted shortest first; one interval twice (however
+    spelled, e.g. `60m,1h`) is an error naming both spellings."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
     if not parts:
         raise ConfigError(f"no interval given; allowed: {ALLOWED_TEXT}")

@@ -6,6 +6,7 @@ and a Lua script may touch them together.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -37,6 +38,21 @@ class Keys:
         """Hash: klines mode, the open time of the last confirmed candle written per series."""
         return f"{self.prefix}:{{{shard}}}:klines-last"
 
+    def history(self, shard: int, interval_label: str, symbol: str) -> str:
+        """Sorted set: the store of one series' closed candles (score = open time ms, member =
+        the candle JSON from its timestamp on, see common/history.py)."""
+        return f"{self.prefix}:{{{shard}}}:hist:{interval_label}:{symbol}"
+
+    def history_pattern(self) -> str:
+        """A SCAN pattern for every series' store key (glob characters of the prefix escaped)."""
+        escaped = re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix)
+        return f"{escaped}:{{*}}:hist:*"
+
+    def history_shard_pattern(self, shard: int) -> str:
+        """A SCAN pattern for the store keys of one shard's series."""
+        escaped = re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix)
+        return f"{escaped}:{{{shard}}}:hist:*"
+
     def lease(self, stage: str, shard: int) -> str:
         """String with the owner's token; expires unless renewed."""
         return f"{self.prefix}:{{{shard}}}:lease:{stage}"
@@ -56,3 +72,8 @@ class Keys:
     def publish_position(self, consumer: str, shard: int) -> str:
         """String: the last candle stream id a (non-group) consumer has handled."""
         return f"{self.prefix}:{{{shard}}}:pos:{consumer}"
+
+    def reader_position(self, name: str, shard: int) -> str:
+        """Hash: a `streamer.client` reader's position in the shard's candle stream (`id`: the
+        last entry it handed out and saw handled, `end`: the latest candle end among them)."""
+        return f"{self.prefix}:{{{shard}}}:reader:{name}"

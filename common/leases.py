@@ -10,7 +10,6 @@ replicas join. Every write a stage makes for a shard goes through a script that 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -18,12 +17,14 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from common.keys import Keys
+from common.lifecycle import sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,11 @@ async def _never(shard: int) -> bool:
     return False
 
 
+def renew_period_s(ttl_ms: int) -> float:
+    """How often leases are renewed (and free shards looked for): three times a TTL."""
+    return ttl_ms / 3000
+
+
 def new_token(stage: str) -> str:
     return f"{stage}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -74,6 +80,22 @@ class ShardWorkers(Protocol):
     async def start_shard(self, shard: int) -> None: ...
 
     async def stop_shard(self, shard: int, *, graceful: bool) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Claiming:
+    """When a replica claims shards: by default as soon as they are free (ingest's hot standby
+    passes its own, see `ingest.shards.IngestShards`)."""
+
+    ready: Callable[[], bool] = lambda: True
+    """Until ready, this replica claims no shard while another replica lives, and does not
+    count as a member, so others neither hand it shards nor leave it free ones (ingest: until
+    its hot standby is subscribed, so that what it takes over it takes over warm)."""
+    prefer: Callable[[int], Awaitable[bool]] = _always
+    """Whether to claim this shard if it is free now (ingest: not when another replica could
+    take it over warm and this one could not)."""
+    warm: Callable[[int], Awaitable[bool]] = _never
+    """Whether this replica would take the shard over warm: then it claims it beyond its share."""
 
 
 class ShardClaimer:
@@ -88,6 +110,9 @@ class ShardClaimer:
         fixed: tuple[int, ...] | None,
         ttl_ms: int,
         workers: ShardWorkers,
+        *,
+        token: str | None = None,
+        claiming: Claiming = Claiming(),
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -96,25 +121,18 @@ class ShardClaimer:
         self._fixed = fixed
         self._ttl_ms = ttl_ms
         self._workers = workers
-        self.token = new_token(stage)
+        self.token = token or new_token(stage)
         self.owned: dict[int, float] = {}  # shard -> monotonic time of the last good renewal
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
         self.changes = 0
         self._forced: set[int] = set()
-        # Until ready, this replica claims no shard while another replica lives, and does not
-        # count as a member, so others neither hand it shards nor leave it free ones (ingest:
-        # until its hot standby is subscribed, so that what it takes over it takes over warm).
-        self.ready: Callable[[], bool] = lambda: True
-        # Whether to claim this shard if it is free now (ingest: not when another replica could
-        # take it over warm and this one could not).
-        self.prefer: Callable[[int], Awaitable[bool]] = _always
-        self.warm: Callable[[int], Awaitable[bool]] = _never
+        self._claiming = claiming
 
     @property
     def period_s(self) -> float:
-        return self._ttl_ms / 3000
+        return renew_period_s(self._ttl_ms)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim, renew and rebalance until `stop`; then stop the workers and release."""
@@ -125,8 +143,7 @@ class ShardClaimer:
                 except RedisError as exc:
                     log.warning("lease step failed: %r", exc)
                     await self._expire_unrenewed()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.period_s)
+                await sleep_or_stop(stop, self.period_s)
         finally:
             await self.release_all()
 
@@ -139,11 +156,11 @@ class ShardClaimer:
             if len(self.owned) >= wanted:
                 # Beyond our share only to take over warm what nobody else would (ingest's hot
                 # standby); rebalancing hands it on later, warm again.
-                if self._fixed is not None or not await self.warm(shard):
+                if self._fixed is not None or not await self._claiming.warm(shard):
                     continue
             # A fixed shard is taken over once, at start (its previous process is presumed dead,
             # as after kill -9 under supervisord); after losing it, wait until it is free again.
-            elif self._fixed is None and not await self.prefer(shard):
+            elif self._fixed is None and not await self._claiming.prefer(shard):
                 continue
             force = "1" if self._fixed is not None and shard not in self._forced else "0"
             self._forced.add(shard)
@@ -169,8 +186,8 @@ class ShardClaimer:
         if self._fixed is not None:
             return len(self._fixed)
         members = await self._live_members()
-        if not self.ready():
-            # Not ready (see `ready`): take shards only when no other replica is alive to.
+        if not self._claiming.ready():
+            # Not ready (see `Claiming.ready`): take shards only when no other replica is alive to.
             return self._shards if members == 0 else 0
         return math.ceil(self._shards / max(1, members))
 
@@ -178,7 +195,7 @@ class ShardClaimer:
         seconds, micros = await self._redis.time()
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         key = self._keys.members(self._stage)
-        if self.ready():
+        if self._claiming.ready():
             await self._redis.hset(key, self.token, now_ms + self._ttl_ms)
         members = await self._redis.hgetall(key)
         expired = [m for m, expiry in members.items() if int(expiry) < now_ms]

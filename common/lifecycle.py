@@ -15,53 +15,63 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from common.gcpolicy import collect_when_quiet, quiet_offset_ms
+
 log = logging.getLogger(__name__)
 
 ServiceMain = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
-def run_service(main: ServiceMain, shutdown_timeout_s: float) -> int:
-    """Run `main(stop)` on uvloop (where available) and return the process exit code."""
+def run_service(
+    main: ServiceMain, shutdown_timeout_s: float, *, quiet_ms: int = quiet_offset_ms(80)
+) -> int:
+    """Run `main(stop)` on uvloop (where available) and return the process exit code. Full
+    garbage collections happen `quiet_ms` past whole seconds (common.gcpolicy; the default suits
+    the default waiter latency, 80 ms)."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - non-Linux
-        return asyncio.run(_supervise(main, shutdown_timeout_s))
-    return uvloop.run(_supervise(main, shutdown_timeout_s))
+        return asyncio.run(_supervise(main, shutdown_timeout_s, quiet_ms))
+    return uvloop.run(_supervise(main, shutdown_timeout_s, quiet_ms))
 
 
-async def _supervise(main: ServiceMain, shutdown_timeout_s: float) -> int:
+async def _supervise(main: ServiceMain, shutdown_timeout_s: float, quiet_ms: int) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    collector = asyncio.create_task(collect_when_quiet(stop, quiet_ms), name="gc")
+    try:
 
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            log.warning("second %s: exiting at once", signal.Signals(signum).name)
-            os._exit(1)
-        log.info("%s received: draining", signal.Signals(signum).name)
-        stop.set()
+        def on_signal(signum: int) -> None:
+            if stop.is_set():
+                log.warning("second %s: exiting at once", signal.Signals(signum).name)
+                os._exit(1)
+            log.info("%s received: draining", signal.Signals(signum).name)
+            stop.set()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    task = asyncio.create_task(main(stop), name="service")
-    stop_wait = asyncio.create_task(stop.wait())
-    await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-    if not task.done():
-        done, _ = await asyncio.wait({task}, timeout=shutdown_timeout_s)
-        if not done:
-            log.error("drain took longer than %.1fs: cancelling", shutdown_timeout_s)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        task = asyncio.create_task(main(stop), name="service")
+        stop_wait = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            done, _ = await asyncio.wait({task}, timeout=shutdown_timeout_s)
+            if not done:
+                log.error("drain took longer than %.1fs: cancelling", shutdown_timeout_s)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return 1
+        stop_wait.cancel()
+        if task.cancelled():
             return 1
-    stop_wait.cancel()
-    if task.cancelled():
-        return 1
-    exc = task.exception()
-    if exc is not None:
-        log.critical("service failed: %r", exc, exc_info=exc)
-        return 1
-    log.info("stopped")
-    return 0
+        exc = task.exception()
+        if exc is not None:
+            log.critical("service failed: %r", exc, exc_info=exc)
+            return 1
+        log.info("stopped")
+        return 0
+    finally:
+        collector.cancel()
 
 
 class TaskSet:
@@ -98,6 +108,14 @@ class TaskSet:
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+
+async def sleep_or_stop(stop: asyncio.Event, delay_s: float) -> bool:
+    """Sleep `delay_s`, less if `stop` is set meanwhile; True when stopped (a retry loop's
+    pause, a periodic task's period: a stop signal never waits for the rest of it)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay_s)
+    return stop.is_set()
 
 
 async def until_stopped(stop: asyncio.Event, tasks: TaskSet) -> None:

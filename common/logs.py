@@ -8,7 +8,7 @@ import time
 
 import msgspec
 
-from common.settings import LogFormat
+from common.settings import LogFormat, take_notes
 
 _json = msgspec.json.Encoder()
 
@@ -48,6 +48,8 @@ def setup_logging(level: str, fmt: LogFormat, process: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("websockets").setLevel(max(logging.WARNING, root.level))
+    for note in take_notes():
+        logging.getLogger("common.settings").debug("%s", note)
 
 
 class RateLimitedLog:

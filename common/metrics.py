@@ -1,8 +1,14 @@
 """Prometheus metrics and a health endpoint, served on STREAMER_METRICS_PORT.
 
-A deliberately small registry (counters and gauges with fixed label names) in the Prometheus
-text format, so no extra dependency is needed. `GET /metrics` and `GET /health` (200 while the
-process reports itself healthy, 503 otherwise).
+The exposition is prometheus-client's (exact integers, escaped label values, histograms, the
+standard `process_*` metrics); the small asyncio HTTP server is ours, so the endpoint lives on the
+process' own event loop. `GET /metrics`, and `GET /health`: 200 while the process reports itself
+healthy, 503 otherwise (the body says why when the process gives a reason).
+
+The call API predates prometheus-client and is kept (every stage and plugin uses it):
+`REGISTRY.counter(name, help, labels)` / `.gauge(...)` / `.histogram(...)` return a metric whose
+`inc(amount, *labels)`, `set(value, *labels)`, `observe(value, *labels)` and `get(*labels)` take
+the label values positionally. Asking again for a name returns the metric registered first.
 """
 
 from __future__ import annotations
@@ -10,74 +16,139 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 
 log = logging.getLogger(__name__)
 
+# `<name>_created` samples double every counter's series for a value no dashboard here uses.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
 Labels = tuple[str, ...]
+
+DELAY_BUCKETS_S = (0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+"""Candle delay buckets: a healthy pipeline writes a candle some 80-200 ms after its end."""
+
+Health = Callable[[], "bool | tuple[bool, str]"]
+"""True/False, or (ok, reason) so that /health can say what is wrong."""
 
 
 class Metric:
-    def __init__(self, name: str, help_text: str, kind: str, labels: Labels = ()) -> None:
+    """One prometheus-client metric behind the positional-labels API; label children are
+    bound once per label tuple (a dict lookup per call, not `labels()`'s argument checks)."""
+
+    def __init__(self, registry: Registry, name: str, inner: Counter | Gauge | Histogram) -> None:
+        self._registry = registry
         self.name = name
-        self.help_text = help_text
-        self.kind = kind
-        self.label_names = labels
-        self.values: dict[Labels, float] = {}
+        self._inner = inner
+        self.label_names: Labels = tuple(inner._labelnames)
+        self._children: dict[Labels, Any] = {}
+
+    def _child(self, labels: Labels) -> Any:
+        child = self._children.get(labels)
+        if child is None:
+            child = self._inner.labels(*labels) if labels else self._inner
+            self._children[labels] = child
+        return child
 
     def inc(self, amount: float = 1.0, *labels: str) -> None:
-        self.values[labels] = self.values.get(labels, 0.0) + amount
+        self._child(labels).inc(amount)
 
     def set(self, value: float, *labels: str) -> None:
-        self.values[labels] = value
+        self._child(labels).set(value)
+
+    def set_function(self, read: Callable[[], float]) -> None:
+        """An unlabelled gauge read at scrape time (no cost in the hot path)."""
+        assert isinstance(self._inner, Gauge) and not self.label_names
+        self._inner.set_function(read)
+
+    def observe(self, value: float, *labels: str) -> None:
+        self._child(labels).observe(value)
 
     def get(self, *labels: str) -> float:
-        return self.values.get(labels, 0.0)
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help_text}", f"# TYPE {self.name} {self.kind}"]
-        if not self.values and not self.label_names:
-            lines.append(f"{self.name} 0")
-        for labels, value in sorted(self.values.items()):
-            if labels:
-                pairs = ",".join(
-                    f'{n}="{v}"' for n, v in zip(self.label_names, labels, strict=True)
-                )
-                lines.append(f"{self.name}{{{pairs}}} {value:g}")
-            else:
-                lines.append(f"{self.name} {value:g}")
-        return lines
+        """The current value (for tests and tools; it reads the registry, not a hot path)."""
+        sample = self.name + ("_total" if isinstance(self._inner, Counter) else "")
+        if isinstance(self._inner, Histogram):
+            sample = self.name + "_count"
+        value = self._registry.collector.get_sample_value(
+            sample, dict(zip(self.label_names, labels, strict=True))
+        )
+        return 0.0 if value is None else value
 
 
 class Registry:
-    def __init__(self, prefix: str = "streamer") -> None:
+    """A prometheus-client registry whose metric names all start with `<prefix>_`."""
+
+    def __init__(self, prefix: str = "streamer", *, process_metrics: bool = False) -> None:
         self._prefix = prefix
+        self.collector = CollectorRegistry()
         self._metrics: dict[str, Metric] = {}
+        if process_metrics:
+            ProcessCollector(registry=self.collector)
 
-    def counter(self, name: str, help_text: str, labels: Labels = ()) -> Metric:
-        return self._add(name, help_text, "counter", labels)
+    def counter(self, name: str, help_text: str, labels: Sequence[str] = ()) -> Metric:
+        return self._add(name, lambda full: Counter(full, help_text or name, labels, registry=None))
 
-    def gauge(self, name: str, help_text: str, labels: Labels = ()) -> Metric:
-        return self._add(name, help_text, "gauge", labels)
+    def gauge(self, name: str, help_text: str, labels: Sequence[str] = ()) -> Metric:
+        return self._add(name, lambda full: Gauge(full, help_text or name, labels, registry=None))
 
-    def _add(self, name: str, help_text: str, kind: str, labels: Labels) -> Metric:
+    def histogram(
+        self,
+        name: str,
+        help_text: str,
+        labels: Sequence[str] = (),
+        buckets: Sequence[float] = DELAY_BUCKETS_S,
+    ) -> Metric:
+        return self._add(
+            name,
+            lambda full: Histogram(
+                full, help_text or name, labels, registry=None, buckets=tuple(buckets)
+            ),
+        )
+
+    def _add(self, name: str, make: Callable[[str], Counter | Gauge | Histogram]) -> Metric:
         full = f"{self._prefix}_{name}"
-        if full not in self._metrics:
-            self._metrics[full] = Metric(full, help_text, kind, labels)
-        return self._metrics[full]
+        metric = self._metrics.get(full)
+        if metric is None:
+            inner = make(full)
+            self.collector.register(inner)
+            # prometheus-client keeps a counter's name without "_total" and adds it to samples
+            metric = self._metrics[full] = Metric(self, inner._name, inner)
+        return metric
 
-    def render(self) -> str:
-        lines: list[str] = []
-        for metric in self._metrics.values():
-            lines.extend(metric.render())
-        return "\n".join(lines) + "\n"
+    def render(self) -> bytes:
+        return generate_latest(self.collector)
 
 
-REGISTRY = Registry()
+REGISTRY = Registry(process_metrics=True)
+
+CANDLE_DELAY = REGISTRY.histogram(
+    "candle_delay_seconds",
+    "Wall-clock time a closed candle was written minus the candle's end (first emission)",
+    ("interval",),
+)
+
+
+def _health(healthy: Health) -> tuple[bool, str]:
+    answer = healthy()
+    if isinstance(answer, tuple):
+        return answer
+    return answer, "ok" if answer else "unhealthy"
 
 
 async def serve_metrics(
-    host: str, port: int, healthy: Callable[[], bool], registry: Registry = REGISTRY
+    host: str, port: int, healthy: Health, registry: Registry = REGISTRY
 ) -> asyncio.Server:
     """Start the HTTP endpoint; the caller closes the returned server on shutdown."""
 
@@ -86,12 +157,11 @@ async def serve_metrics(
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b"/"
             if path.startswith(b"/metrics"):
-                status, body = "200 OK", registry.render().encode()
-                ctype = "text/plain; version=0.0.4"
+                status, body, ctype = "200 OK", registry.render(), CONTENT_TYPE_LATEST
             elif path.startswith(b"/health"):
-                ok = healthy()
-                status, body = ("200 OK", b"ok\n") if ok else ("503 Service Unavailable", b"no\n")
-                ctype = "text/plain"
+                ok, reason = _health(healthy)
+                status = "200 OK" if ok else "503 Service Unavailable"
+                body, ctype = f"{reason}\n".encode(), "text/plain"
             else:
                 status, body, ctype = "404 Not Found", b"not found\n", "text/plain"
             head = (

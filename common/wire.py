@@ -1,9 +1,12 @@
 """Every wire type that crosses a process boundary, with reusable encoders and decoders.
 
-Trade stream entries (`<p>:{k}:trades`, field `data`) are one of three JSON objects told apart
-by `type`: `trades` (one Bybit message), `clock` (ingest is alive at this time) and `gap` (trades
-of these symbols may be missing between these times). Candle stream entries (`<p>:{k}:klines`,
-field `data`) are candle JSON objects. Bybit's own wire names stay in `ingest/bybit/`.
+Trade stream entries (`<p>:{k}:trades`, field `data`) are JSON objects told apart by `type`:
+`trades` (one Bybit message), `clock` (ingest is alive at this time), `gap` (trades of these
+symbols may be missing between these times), `repair` (what ingest fetched back of a gap),
+`symbols` (the symbols the shard serves now) and `seed` (a symbol's last price before a
+boundary, from which its stream is complete).
+Candle stream entries (`<p>:{k}:klines`, field `data`) are candle JSON objects. Bybit's own
+wire names stay in `ingest/bybit/`.
 """
 
 from __future__ import annotations
@@ -65,7 +68,41 @@ class GapEntry(msgspec.Struct, tag="gap", tag_field="type", gc=False):
     reason: str = ""
 
 
-StreamEntry = TradesEntry | ClockEntry | GapEntry
+class SymbolsEntry(msgspec.Struct, tag="symbols", tag_field="type", gc=False):
+    """From here on the shard serves exactly `symbols` (ingest took the shard, or its symbol list
+    changed): a series of any other symbol ends here (it moved to another shard or was dropped).
+    `ts` is ingest's clock when it wrote it, for people; it does not move stream time."""
+
+    symbols: list[str]
+    time_ms: int = msgspec.field(default=0, name="ts")
+
+
+class SeedEntry(msgspec.Struct, tag="seed", tag_field="type", gc=False):
+    """`symbol`'s last price before `start` was `close` (the exchange's confirmed candle that
+    ends at `start`), and the stream holds every trade of `symbol` from `start` on: its candles
+    that open at `start` are full candles, not the skipped partial first candle of a cold start.
+    `ingest replay` writes one from a capture's confirmed kline; an aggregator that already
+    follows `symbol` ignores it (its own previous candle knows the close)."""
+
+    symbol: str
+    start_ms: int = msgspec.field(name="start")
+    close: str
+
+
+class RepairEntry(msgspec.Struct, tag="repair", tag_field="type", gc=False):
+    """Ingest asked Bybit's `recent-trade` for the gap `from_ms`..`to_ms` of `symbols` and wrote
+    (as ordinary trades entries, before this one) the trades the stream did not hold. For the
+    symbols in `complete` the answer reached back past `from_ms`: every trade of the window is
+    in the stream now. The others stay incomplete (the answer did not reach back far enough, or
+    Bybit did not answer in time)."""
+
+    symbols: list[str]
+    from_ms: int = msgspec.field(name="from")
+    to_ms: int = msgspec.field(name="to")
+    complete: list[str] = msgspec.field(default_factory=list)
+
+
+StreamEntry = TradesEntry | ClockEntry | GapEntry | SymbolsEntry | RepairEntry | SeedEntry
 
 STREAM_FIELD = b"data"
 """The one field of every stream entry this project writes."""
@@ -74,12 +111,11 @@ entry_encoder = msgspec.json.Encoder()
 entry_decoder: msgspec.json.Decoder[StreamEntry] = msgspec.json.Decoder(StreamEntry)
 
 
-class Candle(msgspec.Struct, kw_only=True, gc=False):
-    """The candle JSON of DESIGN §5, written with exact decimals.
-
-    Decimal fields hold the number's JSON text (`msgspec.Raw`), so what goes out is exactly the
-    digits computed, never a float.
-    """
+class _CandleBase(msgspec.Struct, kw_only=True, gc=False):
+    """The fields every candle JSON begins with (docs/formats.md "The candle"): its series, its
+    open time and the prices and sizes Bybit's own kline gives too, numbers as their JSON text
+    (`msgspec.Raw`). msgspec encodes a base's fields before the subclass's, so the candle types
+    write these first; a subclass says `kw_only=True` too, or its fields would go first."""
 
     symbol: str
     interval: int
@@ -91,6 +127,15 @@ class Candle(msgspec.Struct, kw_only=True, gc=False):
     close: msgspec.Raw
     volume: msgspec.Raw
     turnover: msgspec.Raw
+
+
+class Candle(_CandleBase, kw_only=True):
+    """The candle JSON of docs/formats.md "The candle", written with exact decimals.
+
+    Decimal fields hold the number's JSON text (`msgspec.Raw`), so what goes out is exactly the
+    digits computed, never a float.
+    """
+
     trade_count: int
     buy_volume: msgspec.Raw
     sell_volume: msgspec.Raw
@@ -101,8 +146,26 @@ class Candle(msgspec.Struct, kw_only=True, gc=False):
     gap: bool = False
 
 
+class BackfilledCandle(_CandleBase, kw_only=True):
+    """A candle of Bybit's REST kline in the history store (STREAMER_HISTORY_BACKFILL, see
+    ingest/backfill.py): `Candle`'s fields in `Candle`'s order (the store's member layout and the
+    kline rows rely on it), `source: "bybit"`, and the fields only trades give (`trade_count`,
+    `buy_volume`, `sell_volume`) null: Bybit's kline does not say them."""
+
+    trade_count: None = None
+    buy_volume: None = None
+    sell_volume: None = None
+    closed: bool = True
+    revision: int = 0
+    source: str = "bybit"
+    category: str = "linear"
+    gap: bool = False
+
+
 class CandleView(msgspec.Struct, kw_only=True, gc=False):
-    """A candle read back (tests, verify, downstream Python readers), decimals as `Decimal`."""
+    """A candle read back (tests, verify, downstream Python readers), decimals as `Decimal`.
+    `trade_count`, `buy_volume` and `sell_volume` are None only in a backfilled candle of the
+    history store (`BackfilledCandle`), never in a candle stream."""
 
     symbol: str
     interval: int
@@ -113,9 +176,9 @@ class CandleView(msgspec.Struct, kw_only=True, gc=False):
     close: Decimal
     volume: Decimal
     turnover: Decimal
-    trade_count: int
-    buy_volume: Decimal = Decimal(0)
-    sell_volume: Decimal = Decimal(0)
+    trade_count: int | None
+    buy_volume: Decimal | None = Decimal(0)
+    sell_volume: Decimal | None = Decimal(0)
     interval_label: str = ""
     closed: bool = True
     revision: int = 0

@@ -12,27 +12,35 @@ class works there and here. Two ways to run it:
 
 (An installed package can instead declare it as an entry point:
 `[project.entry-points."streamer.consumers"] file = "mypackage.module:FileConsumer"`.)
+
+Two things every sink should do, shown here: keep the exact digits (the candle's own JSON, or
+`batch.views()` for Decimals; never floats), and never block the event loop (the disk write runs
+in a worker thread, so the WebSocket feed and the other consumers go on meanwhile). A write that
+fails raises: the publisher hands the same batch again, its position kept.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
 from pathlib import Path
 from typing import IO, Any
 
+from publish.batch import CandleBatch
 from publish.consumers import ConsumerManager
 from publish.consumers.base import BaseConsumer
 
 
 class FileConsumer(BaseConsumer):
-    """Appends one JSON object per candle to $KLINES_FILE (default klines.jsonl)."""
+    """Appends one JSON object per candle to $KLINES_FILE (default klines.jsonl), exactly as the
+    aggregator wrote it."""
 
     def __init__(self, name: str = "file") -> None:
         super().__init__(name)
         self.path = Path("klines.jsonl")
-        self._file: IO[str] | None = None
+        self._file: IO[bytes] | None = None
 
     def validate(self) -> None:
         # Settings of your own: read them here and fail with a clear message.
@@ -41,21 +49,31 @@ class FileConsumer(BaseConsumer):
             raise ValueError(f"KLINES_FILE: folder {str(self.path.parent)!r} does not exist")
 
     async def setup(self) -> None:
-        self._file = self.path.open("a", encoding="utf-8")
+        self._file = await asyncio.to_thread(self.path.open, "ab")
 
     async def start(self) -> None:
         self._is_running = True
 
+    async def consume_batch(self, batch: CandleBatch) -> None:
+        """The candles' JSON bytes as written: every digit kept (a float would round them)."""
+        if self._is_running:
+            await asyncio.to_thread(self._write, b"".join(raw + b"\n" for raw in batch.raws))
+
     async def consume(self, data: list[dict[str, Any]]) -> None:
-        if not self._is_running or self._file is None:
-            return
-        self._file.write("".join(json.dumps(candle) + "\n" for candle in data))
+        """The original service's interface (it has no raw JSON): numbers as it gives them."""
+        if self._is_running:
+            lines = "".join(json.dumps(candle) + "\n" for candle in data)
+            await asyncio.to_thread(self._write, lines.encode())
+
+    def _write(self, data: bytes) -> None:
+        assert self._file is not None
+        self._file.write(data)
         self._file.flush()
 
     async def stop(self) -> None:
         self._is_running = False
         if self._file is not None:
-            self._file.close()
+            await asyncio.to_thread(self._file.close)
             self._file = None
 
 

@@ -2,26 +2,50 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
+from common.cli import SETTINGS_EPILOG, add_version, command_parser
 from common.errors import ConfigError, RetryableError
 from common.lifecycle import exit_with_config_error, run_service
 from common.logs import setup_logging
 from common.settings import IngestSettings, load_settings
 
+DESCRIPTION = """\
+Bybit's public trade stream (STREAMER_BYBIT_WS_URL) -> the trade streams <prefix>:{k}:trades,
+one shard per crc32(symbol) % STREAMER_SHARDS; with STREAMER_KLINES_MODE=true, Bybit's own
+confirmed klines -> the candle streams instead. Runs until SIGTERM/SIGINT (then drains).
+
+sub-commands:
+  replay FILE...   Bybit's trading archive (.csv, .csv.gz) or a recorded capture (.jsonl,
+                   .jsonl.zst) -> the trade streams, for historical candles
+                   (python -m ingest replay --help)"""
+
+
+def parser() -> argparse.ArgumentParser:
+    from ingest.replay import DESCRIPTION as REPLAY_DESCRIPTION
+    from ingest.replay import add_arguments
+
+    p = command_parser("python -m ingest", DESCRIPTION)
+    commands = p.add_subparsers(dest="command", metavar="{replay}")
+    replay = commands.add_parser(
+        "replay",
+        help="history files -> trade streams",
+        description=REPLAY_DESCRIPTION,
+        epilog=SETTINGS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_version(replay)
+    add_arguments(replay)
+    return p
+
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["replay"]:
+    args = parser().parse_args(argv)
+    if args.command == "replay":
         from ingest.replay import main as replay_main
 
-        return replay_main(argv[1:])
-    if argv:
-        print(
-            f"error: unknown arguments {' '.join(argv)!r}; usage: python -m ingest "
-            "[replay FILE...]",
-            file=sys.stderr,
-        )
-        return 2
+        return replay_main(args)
     from ingest import service
 
     try:

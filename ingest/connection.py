@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from common.backoff import backoff
 from common.errors import BadMessageError, RetryableError
+from common.lifecycle import sleep_or_stop
 from common.logs import RateLimitedLog
 from common.wire import Category
 from ingest import metrics
@@ -89,6 +90,11 @@ class Connection:
         self._session_ok = False
         self._lag_ms = 0
         self._acks: dict[str, asyncio.Future[None]] = {}
+
+    @property
+    def lag_ms(self) -> int:
+        """Receive time minus Bybit's `ts` of the newest trade message (network and exchange)."""
+        return self._lag_ms
 
     @property
     def connected(self) -> bool:
@@ -242,8 +248,7 @@ class Connection:
                     self._session_ok = False
                 self._disconnected()
             metrics.RECONNECTS.inc()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), next(delays))
+            await sleep_or_stop(stop, next(delays))
 
     def _disconnected(self) -> None:
         if self._ws is not None:

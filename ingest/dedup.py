@@ -79,6 +79,14 @@ class Deduper:
         self.dropped += len(trades) - len(keep)
         return keep
 
+    def unsee(self, symbol: str, trade_ids: list[str]) -> None:
+        """These trades were never written after all (ingest.writer's on_dropped): a copy of
+        them (a gap repair) is welcome."""
+        recent = self._ids.get(symbol)
+        if recent is not None:
+            recent.young.difference_update(trade_ids)
+            recent.old.difference_update(trade_ids)
+
     def forget(self, symbols: list[str]) -> None:
         for symbol in symbols:
             self._ids.pop(symbol, None)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Protocol
 
 from common.lifecycle import TaskSet
 from common.wire import Category
@@ -13,6 +14,20 @@ from ingest.bybit.subscriptions import assign, topic_chars
 from ingest.connection import Connection, OnFrame, OnGap, OnTrades, TopicsOf
 
 log = logging.getLogger(__name__)
+
+
+class OpenPool(Protocol):
+    """Opens the pool with its per-frame hooks: the shards take one, and open their pool with
+    their own methods (they both feed it symbols and are fed its frames)."""
+
+    def __call__(
+        self,
+        *,
+        on_trades: OnTrades,
+        on_gap: OnGap,
+        topics_of: TopicsOf | None = None,
+        on_frame: OnFrame | None = None,
+    ) -> Pool: ...
 
 
 class Pool:

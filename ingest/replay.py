@@ -7,17 +7,21 @@ shard touched so far gets a clock entry at that trade's time ("everything before
 so the aggregator closes candles as it would live. The last candle stays open: nothing in a file
 says no later trade exists (append more files, or let a live ingest continue the stream).
 
-Replay does not take leases: it refuses to start while a live ingest holds a lease of the shards
-it would write (two writers would interleave times), and otherwise writes without fencing.
+Replay does not take leases: it refuses to start while a live ingest holds a lease of the prefix
+(two writers would interleave times), and otherwise writes without fencing.
+
+The files are streamed (a day of trades is millions), merged by trade time, with a progress bar
+(trades, trades/s, ETA) on a terminal, or a log line every 10 s otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import redis
 
@@ -26,9 +30,12 @@ from common.keys import Keys
 from common.logs import setup_logging
 from common.settings import CommonSettings, load_settings
 from common.sharding import shard_of
-from common.wire import ClockEntry, entry_encoder
-from ingest.replay_sources import Record, merged, read_any
+from common.wire import ClockEntry, SeedEntry, entry_encoder
+from ingest.replay_sources import Item, Seed, merged, open_any
 from ingest.writer import encode_trades
+
+DESCRIPTION = __doc__
+log = logging.getLogger(__name__)
 
 REPLAY_LUA = """
 for i = 1, #ARGV do
@@ -39,29 +46,43 @@ return #ARGV
 
 
 class Progress:
-    """A one-line progress bar on stderr, redrawn at most every 0.2 s."""
+    """Trades, trades/s and ETA (from the bytes of input read): a tqdm bar when stderr is a
+    terminal, otherwise (supervisord, CI, a pipe) a log line every LOG_EVERY_S."""
 
-    def __init__(self, total: int, out: TextIO = sys.stderr, width: int = 30) -> None:
-        self._total = max(1, total)
-        self._out = out
-        self._width = width
-        self._start = time.monotonic()
-        self._last = 0.0
+    LOG_EVERY_S = 10.0
 
-    def update(self, done: int, *, final: bool = False) -> None:
+    def __init__(self, total_bytes: int, out: TextIO = sys.stderr) -> None:
+        self._total = max(1, total_bytes)
+        self._start = self._last = time.monotonic()
+        self._bar: Any = None
+        if out.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=self._total, unit="B", unit_scale=True, desc="replay", file=out,
+                dynamic_ncols=True, mininterval=0.2,
+            )  # fmt: skip
+
+    def update(self, trades: int, bytes_read: int, *, final: bool = False) -> None:
         now = time.monotonic()
-        if not final and now - self._last < 0.2:
+        every = 0.2 if self._bar is not None else self.LOG_EVERY_S
+        if not final and now - self._last < every:
             return
         self._last = now
-        share = min(1.0, done / self._total)
-        filled = int(share * self._width)
-        rate = done / max(now - self._start, 1e-9)
-        bar = "#" * filled + "." * (self._width - filled)
-        end = "\n" if final else ""
-        self._out.write(
-            f"\rreplay [{bar}] {share:6.1%} {done:,}/{self._total:,} trades {rate:,.0f}/s{end}"
-        )
-        self._out.flush()
+        rate = trades / max(now - self._start, 1e-9)
+        if self._bar is not None:
+            self._bar.n = bytes_read
+            self._bar.set_postfix_str(f"{trades:,} trades, {rate:,.0f} trades/s", refresh=True)
+            if final:
+                self._bar.close()
+            return
+        share = min(1.0, bytes_read / self._total)
+        left_s = (now - self._start) * (1 - share) / share if share > 0 else float("inf")
+        eta = "-" if left_s == float("inf") else time.strftime("%H:%M:%S", time.gmtime(left_s))
+        log.info(
+            "replay: %s trades, %s trades/s, %.1f%% of the input read, ETA %s",
+            f"{trades:,}", f"{rate:,.0f}", share * 100, eta,
+        )  # fmt: skip
 
 
 class ReplayWriter:
@@ -79,17 +100,20 @@ class ReplayWriter:
         self._touched: set[int] = set()
         self._last_clock_ms: int | None = None
         self.entries = 0
+        self.seeds = 0
 
-    def add(self, record: Record) -> None:
+    def add(self, item: Item) -> None:
         if self._last_clock_ms is None:
-            self._last_clock_ms = record.time_ms
-        elif record.time_ms - self._last_clock_ms >= self._clock_ms:
-            self.clock(record.time_ms)
-        shard = shard_of(record.symbol, self._shards)
+            self._last_clock_ms = item.time_ms
+        elif item.time_ms - self._last_clock_ms >= self._clock_ms:
+            self.clock(item.time_ms)
+        shard = shard_of(item.symbol, self._shards)
         self._touched.add(shard)
-        payload = encode_trades(
-            record.symbol, record.trades, record.exchange_ms, record.received_ms
-        )
+        if isinstance(item, Seed):
+            self.seeds += 1
+            self._put(shard, entry_encoder.encode(SeedEntry(item.symbol, item.time_ms, item.close)))
+            return
+        payload = encode_trades(item.symbol, item.trades, item.exchange_ms, item.received_ms)
         self._put(shard, payload)
 
     def clock(self, time_ms: int) -> None:
@@ -112,35 +136,32 @@ class ReplayWriter:
         self._count = 0
 
 
-def _parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m ingest replay", description=__doc__.split("\n")[0]
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", type=Path, help=".csv, .csv.gz, .jsonl, .jsonl.zst")
     parser.add_argument(
         "--clock-ms", type=int, default=100, help="trade time between clock entries"
     )
     parser.add_argument("--batch", type=int, default=1000, help="entries per Redis call")
-    return parser.parse_args(argv)
 
 
-def _refuse_if_live(client: redis.Redis, keys: Keys, shards: set[int]) -> None:
-    held = [k for k in sorted(shards) if client.exists(keys.lease("ingest", k))]
+def _refuse_if_live(client: redis.Redis, keys: Keys, shards: int) -> None:
+    """Any shard, not only the files' own: the files are streamed, so their symbols are known
+    only as they come, and a live ingest of this prefix usually holds every shard anyway."""
+    held = [k for k in range(shards) if client.exists(keys.lease("ingest", k))]
     if held:
         raise ConfigError(
-            f"a live ingest holds shard(s) {', '.join(map(str, held))}: stop it before replaying "
-            "into the same streams, or use another STREAMER_REDIS_PREFIX"
+            f"a live ingest holds shard(s) {', '.join(map(str, held))}: stop it before "
+            "replaying into the same streams, or use another STREAMER_REDIS_PREFIX"
         )
 
 
 def replay(settings: CommonSettings, files: list[Path], clock_ms: int, batch: int) -> int:
-    sources = [read_any(path, settings.bybit_category) for path in files]
-    total = sum(len(r.trades) for source in sources for r in source)
+    opened = [open_any(path, settings.bybit_category) for path in files]
     keys = Keys(settings.redis_prefix)
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    done = 0
     try:
-        symbols = {r.symbol for source in sources for r in source}
-        _refuse_if_live(client, keys, {shard_of(s, settings.shards) for s in symbols})
+        _refuse_if_live(client, keys, settings.shards)
         client.hset(
             keys.meta(),
             mapping={
@@ -151,21 +172,26 @@ def replay(settings: CommonSettings, files: list[Path], clock_ms: int, batch: in
             },
         )
         writer = ReplayWriter(client, keys, settings.shards, batch, clock_ms)
-        progress = Progress(total)
-        done = 0
-        for record in merged(sources):
-            writer.add(record)
-            done += len(record.trades)
-            progress.update(done)
+        progress = Progress(sum(source.size for source, _ in opened))
+        for item in merged([items for _, items in opened]):
+            writer.add(item)
+            if isinstance(item, Seed):
+                continue
+            done += len(item.trades)
+            if not done & 0x3FF:  # the clock is read once per ~1000 trades
+                progress.update(done, sum(source.bytes_read() for source, _ in opened))
         writer.flush()
-        progress.update(done, final=True)
+        if writer.seeds:
+            log.info("replay: %d symbol(s) open at a confirmed kline's close (seed)", writer.seeds)
+        progress.update(done, sum(source.size for source, _ in opened), final=True)
     finally:
+        for source, _ in opened:
+            source.close()
         client.close()
-    return total
+    return done
 
 
-def main(argv: list[str]) -> int:
-    args = _parse_args(argv)
+def main(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(CommonSettings)
     except ConfigError as exc:

@@ -12,21 +12,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from common.backoff import backoff
 from common.keys import Keys
 from common.lifecycle import TaskSet
+from common.rediserrors import REDIS_FAILED
 from common.sharding import shard_of
 from common.wire import ClockEntry, GapEntry, TradesEntry, entry_decoder
 from ingest import metrics
 from ingest.bybit.messages import TradeMessage
 from ingest.dedup import Deduper
-from ingest.pool import Pool
+from ingest.pool import OpenPool
+from ingest.repair import OpenRepairer, open_repairs
 from ingest.standby import Standby
-from ingest.writer import Writer, now_ms
+from ingest.writer import Item, OpenWriter, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -74,36 +78,60 @@ async def read_tail(
 
 
 class IngestShards:
-    """The `ShardWorkers` of ingest, and the trade/gap callbacks of the pool."""
+    """The `ShardWorkers` of ingest, the trade/gap callbacks of the pool, and the hooks of the
+    writer and the repairer, which they open: the writer asks them about refused writes and
+    tells them what it drops and which gaps it queues (repaired when `open_repairer` is given);
+    the repairer writes through the writer."""
 
     def __init__(
         self,
         redis: aioredis.Redis,
         keys: Keys,
         shards: int,
-        writer: Writer,
         tasks: TaskSet,
         drain_timeout_s: float,
+        *,
+        open_writer: OpenWriter,
+        open_pool: OpenPool,
+        open_repairer: OpenRepairer | None = None,
+        repair_lookback_ms: int = 0,
+        symbols: Iterable[str] = (),
+        standby: Standby | None = None,
+        cold_claim_after_ms: int = 3000,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self._shards = shards
-        self._writer = writer
         self._tasks = tasks
         self._drain_timeout_s = drain_timeout_s
-        self.pool: Pool | None = None
         self.dedup = Deduper()
-        self.symbols: list[str] = []
+        self.symbols = sorted(symbols)
         self.owned: set[int] = set()
         self._shard_of: dict[str, int] = {}  # symbols of owned shards only
         self._orphaned: dict[int, float] = {}  # shard -> monotonic time Redis answered again
         self._orphaned_at_ms: dict[int, int] = {}  # shard -> when this replica lost Redis
         self.orphan_grace_s = 10.0
-        self.standby: Standby | None = None
+        self.standby = standby
         self._created = time.monotonic()
-        self.cold_claim_after_ms = 3000
+        self._cold_claim_after_ms = cold_claim_after_ms
         self._watched: dict[str, int] = {}  # symbols of shards kept on standby
-        writer.lease_lost = self.lease_lost
+        # how far back a taken shard's unrepaired gaps are looked for
+        self.repair_lookback_ms = repair_lookback_ms
+        self.activity: dict[str, int] = {}  # trades received per symbol (repairs: busiest first)
+        self.writer = open_writer(
+            lease_lost=self.lease_lost, on_gap=self._repair, on_dropped=self._unwritten
+        )
+        self.repairer = (
+            open_repairer(
+                self.writer,
+                self.dedup,
+                owns=self.owned.__contains__,
+                rank=lambda symbol: self.activity.get(symbol, 0),
+            )
+            if open_repairer is not None
+            else None
+        )
+        self.pool = open_pool(on_trades=self.on_trades, on_gap=self.on_gap)
 
     def _symbols_of(self, shard: int) -> list[str]:
         return [s for s in self.symbols if shard_of(s, self._shards) == shard]
@@ -111,41 +139,51 @@ class IngestShards:
     # -- ShardWorkers ------------------------------------------------------------------------------
 
     async def start_shard(self, shard: int) -> None:
-        assert self.pool is not None
         if self._orphaned.pop(shard, None) is not None:
             if not await self._written_by_another(shard):
                 # Kept through a Redis outage and got back: what was buffered goes out in
                 # order, so there is no unowned window to report.
-                self._writer.ready.add(shard)
+                self.writer.ready.add(shard)
                 log.info(
                     "shard %d: lease back after the Redis outage, buffered trades follow", shard
                 )
                 return
             # Another replica served the shard after the outage (from its standby, or with a
             # gap entry): our buffer would write its trades twice.
-            dropped = self._writer.discard(shard)
+            dropped = self.writer.discard(shard)
+            if self.repairer is not None:
+                self.repairer.forget(shard)  # taken up again below, from the stream
             log.warning("shard %d: served by another replica meanwhile; %d buffered entries "
                         "dropped", shard, dropped)  # fmt: skip
         symbols = self._symbols_of(shard)
+        # First in line, before any trade of ours: the series of symbols no longer in this
+        # shard (the shard count or the symbol list changed) end here for the aggregator.
+        self.writer.put_symbols(shard, symbols)
         last_ms, ids = await read_tail(self._redis, self._keys.trades(shard))
         for symbol, trade_ids in ids.items():
             self.dedup.seed(symbol, trade_ids)
+        oldest_ms = self.standby.oldest_ms(shard) if self.standby is not None else None
+        if oldest_ms is not None:
+            # The ids the previous owner wrote over the buffer's whole span go into the
+            # duplicate filter first, while the shard is still watched: what arrives meanwhile
+            # joins the buffer, behind its older messages. From the take to the last buffered
+            # message queued nothing awaits, so a symbol's trades reach the stream in order.
+            await self._seed_since(shard, oldest_ms - SEED_MARGIN_MS)
         buffered = self.standby.take(shard, last_ms) if self.standby is not None else None
         for symbol in symbols:
             self._watched.pop(symbol, None)
         self.own(shard, symbols)
+        if self.repairer is not None:
+            self._tasks.spawn(self._take_up_repairs(shard, now_ms()), name=f"repairs-{shard}")
         if buffered is not None:
             # A hot takeover: what the previous owner may not have written is in our buffer,
-            # except what our own connections missed too (reported as such). The ids it did
-            # write over the buffer's whole span go into the duplicate filter first.
+            # except what our own connections missed too (reported as such).
             messages, missed = buffered
-            if messages:
-                await self._seed_since(shard, messages[0][0] - SEED_MARGIN_MS)
             for missed_symbols, missed_from, missed_to in missed:
-                self._writer.put_gap(shard, missed_symbols, missed_from, missed_to, "reconnect")
+                self.writer.put_gap(shard, missed_symbols, missed_from, missed_to, "reconnect")
             for received_ms, message in messages:
                 self.on_trades(message, received_ms)
-            self._writer.ready.add(shard)
+            self.writer.ready.add(shard)
             await self.pool.add(symbols)  # listings added since we began watching
             log.info(
                 "shard %d: taken over from standby (%d buffered messages, %d own reconnects)",
@@ -156,6 +194,29 @@ class IngestShards:
             return
         await self.pool.add(symbols)
         self._tasks.spawn(self._open_shard(shard, symbols, last_ms), name=f"open-shard-{shard}")
+
+    async def _take_up_repairs(self, shard: int, taken_ms: int) -> None:
+        """Gaps the shard's previous owner (or this process before a restart) wrote but did
+        not finish repairing: repaired from here (the gaps queued from now on ask by
+        themselves)."""
+        assert self.repairer is not None
+        since_ms = taken_ms - self.repair_lookback_ms
+        for delay in backoff(base_s=0.2, cap_s=5.0):
+            try:
+                gaps = await open_repairs(self._redis, self._keys.trades(shard), since_ms, taken_ms)
+                break
+            except (RedisError, OSError) as exc:  # Redis coming back (a taken shard is soon)
+                log.warning("shard %d: looking for unrepaired gaps failed: %r", shard, exc)
+            await asyncio.sleep(delay)
+            if shard not in self.owned:
+                return
+        mine = set(self._symbols_of(shard))
+        for symbols, from_ms, to_ms in gaps:
+            served = [s for s in symbols if s in mine]
+            if served and shard in self.owned:
+                self.repairer.request(shard, served, from_ms, to_ms)
+        if gaps:
+            log.info("shard %d: taking up the repair of %d gaps left unrepaired", shard, len(gaps))
 
     async def _written_by_another(self, shard: int) -> bool:
         """Whether the shard's stream has entries newer than this replica's outage began."""
@@ -183,7 +244,6 @@ class IngestShards:
             self._shard_of[symbol] = shard
 
     async def _open_shard(self, shard: int, symbols: list[str], last_ms: int) -> None:
-        assert self.pool is not None
         if not await self.pool.wait_subscribed(symbols, SUBSCRIBE_TIMEOUT_S):
             log.warning(
                 "shard %d: subscriptions not acked within %.0fs", shard, SUBSCRIBE_TIMEOUT_S
@@ -191,8 +251,8 @@ class IngestShards:
         if shard not in self.owned:
             return
         if last_ms and symbols:
-            self._writer.put_gap(shard, symbols, last_ms, now_ms(), "unowned")
-        self._writer.ready.add(shard)
+            self.writer.put_gap(shard, symbols, last_ms, now_ms(), "unowned")
+        self.writer.ready.add(shard)
         log.info("shard %d: serving %d symbols", shard, len(symbols))
 
     async def stop_shard(self, shard: int, *, graceful: bool) -> None:
@@ -202,19 +262,21 @@ class IngestShards:
             # back (`lease_lost`).
             self._orphaned[shard] = 0.0
             self._orphaned_at_ms[shard] = now_ms()  # we cannot have written after this
-            self._writer.ready.discard(shard)
+            self.writer.ready.discard(shard)
             log.warning("shard %d: Redis down past the lease time; buffering meanwhile", shard)
             return
         self._orphaned.pop(shard, None)
-        self._writer.ready.discard(shard)
+        self.writer.ready.discard(shard)
         self.owned.discard(shard)
+        if self.repairer is not None:
+            self.repairer.forget(shard)
         symbols = self._symbols_of(shard)
-        if graceful and self.pool is not None:
+        if graceful:
             # A connection of ours still down would report its window after the hand-back, when
             # it is no longer ours to write, and the next owner starts after our last entry.
             # Report it now, up to the hand-back, while the lease is still ours.
             for missed, since_ms in self.pool.open_gaps(symbols):
-                self._writer.put_gap(shard, missed, since_ms, now_ms(), "reconnect")
+                self.writer.put_gap(shard, missed, since_ms, now_ms(), "reconnect")
         if self.standby is not None:
             # Stay subscribed: from now on this replica keeps the shard's trades on standby.
             for symbol in symbols:
@@ -223,20 +285,20 @@ class IngestShards:
             self.standby.watch(shard, now_ms())
             log.info("shard %d: on standby (%d symbols, still subscribed)", shard, len(symbols))
             if graceful:
-                await self._writer.drained(self._drain_timeout_s)
+                await self.writer.drained(self._drain_timeout_s)
             self.dedup.forget(symbols)
             return
-        if graceful and self.pool is not None:
+        if graceful:
             # Handing over: the trades Bybit sends until it acks the unsubscribe are still
             # ours to write (the lease is held until this returns); the next owner's gap
             # starts after them.
             await self.pool.remove(symbols)
         for symbol in symbols:
             self._shard_of.pop(symbol, None)
-        if not graceful and self.pool is not None:
+        if not graceful:
             await self.pool.remove(symbols)
         if graceful:
-            await self._writer.drained(self._drain_timeout_s)
+            await self.writer.drained(self._drain_timeout_s)
         self.dedup.forget(symbols)
 
     # -- hot standby ---------------------------------------------------------------------------
@@ -249,7 +311,7 @@ class IngestShards:
         newest_ms = await self._newest_ms(shard)
         if newest_ms is None or self.standby.covers(shard, newest_ms - PREFER_SLACK_MS):
             return True
-        return now_ms() - newest_ms > self.cold_claim_after_ms
+        return now_ms() - newest_ms > self._cold_claim_after_ms
 
     async def warm(self, shard: int) -> bool:
         """Whether the shard is free and we hold its trades since its owner's last write."""
@@ -280,7 +342,7 @@ class IngestShards:
                 await self._watch(shard)
 
     async def _watch(self, shard: int) -> None:
-        assert self.pool is not None and self.standby is not None
+        assert self.standby is not None
         symbols = self._symbols_of(shard)
         for symbol in symbols:
             self._watched[symbol] = shard
@@ -289,7 +351,7 @@ class IngestShards:
         self._tasks.spawn(self._watch_when_acked(shard, symbols), name=f"standby-{shard}")
 
     async def _watch_when_acked(self, shard: int, symbols: list[str]) -> None:
-        assert self.pool is not None and self.standby is not None
+        assert self.standby is not None
         if (
             await self.pool.wait_subscribed(symbols, SUBSCRIBE_TIMEOUT_S)
             and shard not in self.owned
@@ -300,7 +362,7 @@ class IngestShards:
     async def _redis_answers(self) -> bool:
         try:
             await asyncio.wait_for(self._redis.ping(), 1.0)
-        except (RedisError, OSError, TimeoutError):
+        except REDIS_FAILED:  # TimeoutError (wait_for's) is an OSError
             return False
         return True
 
@@ -330,6 +392,7 @@ class IngestShards:
     async def set_symbols(self, symbols: list[str]) -> None:
         """Follow a refreshed symbol list: subscribe listings, unsubscribe delistings."""
         old, new = set(self.symbols), set(symbols)
+        before = {shard: self._symbols_of(shard) for shard in sorted(self.owned)}
         self.symbols = sorted(new)
         added = sorted(s for s in new - old if shard_of(s, self._shards) in self.owned)
         removed = sorted(old - new)
@@ -339,10 +402,27 @@ class IngestShards:
             self._shard_of.pop(symbol, None)
         for symbol in added:
             self._shard_of[symbol] = shard_of(symbol, self._shards)
-        if self.pool is not None:
-            await self.pool.remove(removed)
-            await self.pool.add(added)
+        await self.pool.remove(removed)
+        await self.pool.add(added)
         self.dedup.forget(removed)
+        for shard, listed in before.items():
+            now_listed = self._symbols_of(shard)
+            if now_listed != listed:
+                self.writer.put_symbols(shard, now_listed)
+
+    def _repair(self, shard: int, symbols: list[str], from_ms: int, to_ms: int) -> None:
+        """Every gap entry the writer queues is repaired, when repair is on."""
+        if self.repairer is not None:
+            self.repairer.request(shard, symbols, from_ms, to_ms)
+
+    def _unwritten(self, items: list[Item]) -> None:
+        """Trades dropped before they were written are no longer "seen": a gap repair, which
+        trusts the duplicate filter for what is queued, may write them."""
+        for item in items:
+            if item.trades:
+                entry = entry_decoder.decode(item.payload)
+                if isinstance(entry, TradesEntry):
+                    self.dedup.unsee(entry.symbol, [t.trade_id for t in entry.trades])
 
     # -- pool callbacks (hot path) -----------------------------------------------------------------
 
@@ -353,12 +433,14 @@ class IngestShards:
             if watched is not None and self.standby is not None:
                 self.standby.keep(watched, message, received_ms)
             return  # or: in flight after an unsubscribe, or a shard just lost
+        activity = self.activity
+        activity[message.symbol] = activity.get(message.symbol, 0) + len(message.trades)
         trades = self.dedup.fresh(message.symbol, message.trades)
         if len(trades) != len(message.trades):
             metrics.DUPLICATES.inc(len(message.trades) - len(trades))
             if not trades:
                 return
-        self._writer.put_trades(shard, message.symbol, trades, message.exchange_ms, received_ms)
+        self.writer.put_trades(shard, message.symbol, trades, message.exchange_ms, received_ms)
 
     def on_gap(self, symbols: list[str], from_ms: int, to_ms: int) -> None:
         by_shard: dict[int, list[str]] = {}
@@ -373,4 +455,4 @@ class IngestShards:
             for shard, mine in watched.items():
                 self.standby.missed(shard, mine, from_ms, to_ms)
         for shard, mine in sorted(by_shard.items()):
-            self._writer.put_gap(shard, mine, from_ms, to_ms, "reconnect")
+            self.writer.put_gap(shard, mine, from_ms, to_ms, "reconnect")

@@ -66,6 +66,11 @@ class Standby:
         if shard in self._missed:
             self._missed[shard].append((symbols, from_ms, to_ms))
 
+    def oldest_ms(self, shard: int) -> int | None:
+        """When the oldest message still buffered for the shard was received; None if none."""
+        buffer = self._buffers.get(shard)
+        return buffer[0][0] if buffer else None
+
     def take(self, shard: int, from_ms: int) -> tuple[list[Buffered], list[Missed]] | None:
         """The buffered messages and our own missed windows still held, if the buffer reaches
         back to `from_ms`; None otherwise. `from_ms` 0: the shard's stream is new (a cold start):

@@ -2,7 +2,7 @@
 
 Readers hand over entries without waiting (`put_*` never blocks and never touches Redis). The
 writer drains them in order, appends a clock entry per ready shard when one is due, and writes
-each shard's part of a batch with one fenced Lua call (limits.md: ~3x a pipeline). Because the
+each shard's part of a batch with one fenced Lua call (measured: ~3x a pipeline). Because the
 clock entry is taken after everything received before it, it means what the contract says:
 "everything received before this time is in the stream". While Redis is down, the queue grows up
 to `buffer_max`; past that the oldest entries are dropped, counted, and a gap entry is written once
@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
@@ -25,7 +26,18 @@ from redis.exceptions import RedisError, ResponseError
 from common.backoff import backoff
 from common.keys import Keys
 from common.leases import FENCE_LUA
-from common.wire import ClockEntry, GapEntry, Trade, TradesEntry, entry_decoder, entry_encoder
+from common.lifecycle import sleep_or_stop
+from common.rediserrors import REDIS_FAILED, ReplyCode, reply_code
+from common.wire import (
+    ClockEntry,
+    GapEntry,
+    RepairEntry,
+    SymbolsEntry,
+    Trade,
+    TradesEntry,
+    entry_decoder,
+    entry_encoder,
+)
 from ingest import metrics
 
 log = logging.getLogger(__name__)
@@ -72,8 +84,25 @@ class _DropWindow:
     to_ms: int = 0
 
 
+LeaseLost = Callable[[int], Awaitable[bool]]
+"""Asked when a shard's write is refused by the fence: True = drop, False = retry later."""
+OnGapQueued = Callable[[int, list[str], int, int], None]
+"""Told of every gap entry queued (shard, symbols, from, to): ingest.repair's request."""
+OnDropped = Callable[[list[Item]], None]
+"""Told of the entries dropped unwritten (a discard, a full buffer, a lost lease): the
+duplicate filter forgets their trades, which a gap repair may then write."""
+
+
 async def _always_drop(shard: int) -> bool:
     return True
+
+
+def _no_repair(shard: int, symbols: list[str], from_ms: int, to_ms: int) -> None:
+    return None
+
+
+def _no_drop(items: list[Item]) -> None:
+    return None
 
 
 def now_ms() -> int:
@@ -88,7 +117,19 @@ def encode_gap(symbols: list[str], from_ms: int, to_ms: int, reason: str) -> byt
     return entry_encoder.encode(GapEntry(sorted(symbols), from_ms, to_ms, reason))
 
 
+class OpenWriter(Protocol):
+    """Opens the writer with its hooks: the shards take one, and open their writer with their
+    own methods (they both feed it and decide what becomes of what it cannot write)."""
+
+    def __call__(
+        self, *, lease_lost: LeaseLost, on_gap: OnGapQueued, on_dropped: OnDropped
+    ) -> Writer: ...
+
+
 class Writer:
+    """Without hooks (a writer no shards own): a write the fence refuses is dropped, and
+    gaps and drops are told to nobody."""
+
     def __init__(
         self,
         redis: aioredis.Redis,
@@ -100,6 +141,9 @@ class Writer:
         batch_max: int,
         retention_s: int,
         clock: bool = True,
+        lease_lost: LeaseLost = _always_drop,
+        on_gap: OnGapQueued = _no_repair,
+        on_dropped: OnDropped = _no_drop,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -110,8 +154,9 @@ class Writer:
         self._retention_s = retention_s
         self._clock = clock
         self._script = redis.register_script(WRITE_LUA)
-        self.lease_lost: Callable[[int], Awaitable[bool]] = _always_drop
-        """Asked when a shard's write is refused by the fence: True = drop, False = retry later."""
+        self._lease_lost = lease_lost
+        self._on_gap = on_gap
+        self._on_dropped = on_dropped
         self._queue: deque[Item] = deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -129,10 +174,11 @@ class Writer:
 
     def discard(self, shard: int) -> int:
         """Drop every queued entry of `shard` (another replica wrote them); return how many."""
-        before = len(self._queue)
+        dropped = [item for item in self._queue if item.shard == shard]
         self._queue = deque(item for item in self._queue if item.shard != shard)
         self._purged[shard] = self._serial  # and those of a batch being retried right now
-        return before - len(self._queue)
+        self._on_dropped(dropped)
+        return len(dropped)
 
     def put(self, item: Item) -> None:
         self._queue.append(item)
@@ -163,16 +209,30 @@ class Writer:
         )
         metrics.GAPS.inc(1, reason)
         self.put(Item(shard, encode_gap(symbols, from_ms, to_ms, reason)))
+        self._on_gap(shard, sorted(symbols), from_ms, to_ms)
+
+    def put_repair(
+        self, shard: int, symbols: list[str], from_ms: int, to_ms: int, complete: list[str]
+    ) -> None:
+        """After the trades a gap repair fetched back: which symbols' repair ended, and which
+        of them the answer covered (ingest.repair)."""
+        entry = RepairEntry(sorted(symbols), from_ms, to_ms, sorted(complete))
+        self.put(Item(shard, entry_encoder.encode(entry)))
+
+    def put_symbols(self, shard: int, symbols: list[str]) -> None:
+        """Say which symbols the shard serves from here on (the aggregator ends the others)."""
+        self.put(Item(shard, entry_encoder.encode(SymbolsEntry(sorted(symbols), now_ms()))))
 
     def _drop_oldest(self) -> None:
         item = self._queue.popleft()
         if item.symbol:
             metrics.DROPPED.inc(item.trades)
+            self._on_dropped([item])
             symbols, first, last = [item.symbol], item.first_ms, item.last_ms
         else:
             entry = entry_decoder.decode(item.payload)
             if not isinstance(entry, GapEntry):
-                return  # a clock entry: a later one says more
+                return  # a clock entry: a later one says more; a symbols entry: see put_symbols
             # a gap entry: its window joins the one that replaces the dropped entries
             symbols, first, last = entry.symbols, entry.from_ms, entry.to_ms
         window = self._drops.setdefault(item.shard, _DropWindow(from_ms=first))
@@ -221,7 +281,7 @@ class Writer:
                 if not batch:
                     break
                 # a shard whose lease is not back yet after a Redis outage: wait, keep the order
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILED as exc:
                 metrics.REDIS_ERRORS.inc()
                 if self.healthy:
                     log.warning("redis write failed, buffering (%d queued): %r", self.queued, exc)
@@ -229,8 +289,7 @@ class Writer:
             if stop is None or stop.is_set():
                 log.error("redis unavailable while stopping: %d entries lost", len(batch))
                 return False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), next(delays))
+            await sleep_or_stop(stop, next(delays))
         if not self.healthy:
             log.info("redis writes resumed")
         self.healthy = True
@@ -265,42 +324,57 @@ class Writer:
         """
         if self._purged:
             purged = self._purged
-            batch[:] = [i for i in batch if i.serial > purged.get(i.shard, -1)]
+            kept = [i for i in batch if i.serial > purged.get(i.shard, -1)]
+            if len(kept) != len(batch):
+                self._on_dropped([i for i in batch if i.serial <= purged.get(i.shard, -1)])
+            batch[:] = kept
         by_shard: dict[int, list[Item]] = {}
         for item in batch:
             by_shard.setdefault(item.shard, []).append(item)
+        # Every shard's part at once (one round trip for all, not one each): the scripts run one
+        # after the other in Redis anyway, each atomic, and a retry of any part after a lost reply
+        # is recognised by its serial (WRITE_LUA), so the parts need no order among themselves.
+        parts = list(by_shard.items())
+        outcomes = await asyncio.gather(
+            *(self._write_part(shard, items) for shard, items in parts), return_exceptions=True
+        )
         later: list[Item] = []
-        written: set[int] = set()
-        for shard, items in by_shard.items():
-            try:
-                await self._script(
-                    keys=[
-                        self._keys.lease("ingest", shard),
-                        self._keys.trades(shard),
-                        self._keys.ingest_batch(shard),
-                    ],
-                    args=[self.token, items[-1].serial, *(i.payload for i in items)],
-                )
-            except ResponseError as exc:
-                if "LEASELOST" not in str(exc):
-                    raise
-                if not await self.lease_lost(shard):
+        settled: set[int] = set()  # written, or dropped with a lost lease
+        failed: BaseException | None = None
+        for (shard, items), outcome in zip(parts, outcomes, strict=True):
+            if outcome is None:
+                settled.add(shard)
+                self.written += len(items)
+                metrics.WRITTEN.inc(len(items))
+                metrics.MESSAGES.inc(sum(1 for item in items if item.trades))
+                metrics.TRADES.inc(sum(item.trades for item in items))
+            elif isinstance(outcome, ResponseError) and reply_code(outcome) is ReplyCode.LEASELOST:
+                if not await self._lease_lost(shard):
                     later.extend(items)
                     continue
+                settled.add(shard)
                 lost = sum(i.trades for i in items)
                 metrics.DROPPED.inc(lost)
+                self._on_dropped(items)
                 self.ready.discard(shard)
                 log.warning("shard %d: lease lost, %d trades not written", shard, lost)
-                continue
-            except (RedisError, OSError):
-                batch[:] = [i for i in batch if i.shard not in written]
-                raise
-            written.add(shard)
-            self.written += len(items)
-            metrics.WRITTEN.inc(len(items))
-            metrics.MESSAGES.inc(sum(1 for item in items if item.trades))
-            metrics.TRADES.inc(sum(item.trades for item in items))
+            elif failed is None:
+                failed = outcome
+        if failed is not None:
+            if isinstance(failed, REDIS_FAILED):  # the rest is tried again, the same way
+                batch[:] = [i for i in batch if i.shard not in settled]
+            raise failed
         return later
+
+    async def _write_part(self, shard: int, items: list[Item]) -> None:
+        await self._script(
+            keys=[
+                self._keys.lease("ingest", shard),
+                self._keys.trades(shard),
+                self._keys.ingest_batch(shard),
+            ],
+            args=[self.token, items[-1].serial, *(i.payload for i in items)],
+        )
 
     def _flush_drop_gaps(self) -> None:
         if not self._drops:
@@ -320,6 +394,7 @@ class Writer:
             # First in line and outside the bound: it explains what is missing before the rest.
             payload = encode_gap(symbols, window.from_ms, window.to_ms, "buffer-overflow")
             self._queue.appendleft(Item(shard, payload))
+            self._on_gap(shard, symbols, window.from_ms, window.to_ms)
         self._idle.clear()
         self._wake.set()
 

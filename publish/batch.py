@@ -10,13 +10,15 @@ from typing import Any
 
 import msgspec
 
+from common.wire import CandleView, candle_view_decoder
+
 _dict_decoder = msgspec.json.Decoder()
 
 
 class CandleBatch:
     """Candles in stream order, with the stream entry id each came from (per shard)."""
 
-    __slots__ = ("_dicts", "group", "ids", "raws", "raws_by_shard", "streams")
+    __slots__ = ("_dicts", "_views", "group", "ids", "raws", "raws_by_shard", "streams")
 
     def __init__(
         self,
@@ -32,6 +34,7 @@ class CandleBatch:
         self.group: str | None = None
         self.streams: list[str] = []
         self._dicts: list[dict[str, Any]] | None = None
+        self._views: list[CandleView] | None = None
 
     def __len__(self) -> int:
         return len(self.raws)
@@ -41,6 +44,13 @@ class CandleBatch:
         if self._dicts is None:
             self._dicts = [_dict_decoder.decode(raw) for raw in self.raws]
         return self._dicts
+
+    def views(self) -> list[CandleView]:
+        """The candles as `common.wire.CandleView`: prices and sizes as exact `Decimal`s (the
+        aggregator's digits), for consumers that compute with them or store them exactly."""
+        if self._views is None:
+            self._views = [candle_view_decoder.decode(raw) for raw in self.raws]
+        return self._views
 
     def last_ids(self) -> dict[int, bytes]:
         """The last entry id of each shard in this batch: the position once it is handled."""

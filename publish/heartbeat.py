@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from common.keys import Keys
+from common.lifecycle import sleep_or_stop
 from publish.consumers.websocket import CLIENTS
 from publish.runner import ConsumerRunner
 
@@ -53,7 +54,6 @@ async def heartbeat_loop(
             await client.hset(key, replica, status_encoder.encode(status))
         except RedisError as exc:
             log.debug("status not written: %r", exc)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), PERIOD_S)
+        await sleep_or_stop(stop, PERIOD_S)
     with contextlib.suppress(RedisError):
         await client.hdel(key, replica)

@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from common.keys import Keys
+from common.rediserrors import ReplyCode, reply_code
 from common.wire import STREAM_FIELD
 from publish.batch import CandleBatch
 
@@ -201,7 +202,7 @@ class GroupReader:
             try:
                 await self._client.xgroup_create(stream, self._group, id="$", mkstream=True)
             except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
+                if reply_code(exc) is not ReplyCode.BUSYGROUP:
                     raise
 
     async def read(self, count: int, block_ms: int) -> CandleBatch | None:
@@ -218,7 +219,7 @@ class GroupReader:
             read = partial(self._client.xreadgroup, self._group, self._replica)
             reply = await _read_streams(read, self._live, count, block_ms, self._cluster)
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if reply_code(exc) is not ReplyCode.NOGROUP:
                 raise
             # Redis came back without our groups (no persistence): start again at the tail.
             await self._create_groups()

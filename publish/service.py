@@ -18,15 +18,16 @@ import redis.asyncio as aioredis
 from common.backoff import backoff
 from common.errors import ConfigError
 from common.keys import Keys
-from common.lifecycle import TaskSet, until_stopped
+from common.lifecycle import TaskSet, sleep_or_stop, until_stopped
 from common.metrics import serve_metrics
 from common.redisconn import connect
+from common.rediserrors import REDIS_DOWN
 from common.settings import PublishSettings
 from common.wire import STREAM_FIELD
 from publish.consumers.base import BaseConsumer
 from publish.heartbeat import heartbeat_loop
 from publish.reader import GroupReader, PositionReader, StreamReader, UpdatesReader
-from publish.runner import REDIS_DOWN, ConsumerRunner, sleep_or_stop
+from publish.runner import ConsumerRunner
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ class PublishService:
     def _reader(self, consumer: BaseConsumer, client: aioredis.Redis) -> StreamReader:
         s = self.settings
         keys, replica = Keys(s.redis_prefix), replica_name(s)
+        own = consumer.stream_reader(client, keys, s.shards, replica)
+        if own is not None:
+            return own
         if consumer.uses_group:
             group = s.publish_group
             if consumer.name != "redis":
@@ -71,7 +75,13 @@ class PublishService:
     def _runners(self, client: aioredis.Redis) -> list[ConsumerRunner]:
         s = self.settings
         runners = [
-            ConsumerRunner(c, self._reader(c, client), s.publish_batch, s.consumer_queue_max)
+            ConsumerRunner(
+                c,
+                self._reader(c, client),
+                s.publish_batch,
+                s.consumer_queue_max,
+                max_failures=s.consumer_max_failures,
+            )
             for c in self.consumers
         ]
         runners.extend(
@@ -81,11 +91,28 @@ class PublishService:
                 s.publish_batch,
                 s.consumer_queue_max,
                 updates=True,
+                max_failures=s.consumer_max_failures,
             )
             for c in self.consumers
             if c.wants_updates()
         )
         return runners
+
+    def health(self) -> tuple[bool, str]:
+        """Healthy = started, no consumer stopped, each within STREAMER_CONSUMER_HEALTH_LAG_S."""
+        if not self.ready.is_set():
+            return False, "starting"
+        bound_ms = self.settings.consumer_health_lag_s * 1000
+        problems = [r.failed for r in self.runners if r.failed is not None]
+        problems += [f"{c.name}: unhealthy" for c in self._started if not c.healthy()]
+        problems += [
+            f"{r.name}: {r.lag_ms() / 1000:.1f} s behind (bound {bound_ms / 1000:g} s)"
+            for r in self.runners
+            if r.failed is None and r.lag_ms() > bound_ms
+        ]
+        if problems:
+            return False, "; ".join(problems)
+        return True, "ok: " + ", ".join(f"{r.name} {r.lag_ms()} ms behind" for r in self.runners)
 
     async def _start_readers(self, stop: asyncio.Event) -> bool:
         """Find each reader's position; wait (with backoff) for a Redis that is not up yet."""
@@ -134,9 +161,7 @@ class PublishService:
                 return
             await self._prime(client)
             if s.metrics_port:
-                metrics_server = await serve_metrics(
-                    s.metrics_host, s.metrics_port, self.ready.is_set
-                )
+                metrics_server = await serve_metrics(s.metrics_host, s.metrics_port, self.health)
             consume_tasks = [
                 tasks.spawn(runner.consume_loop(stop), f"consume-{runner.name}")
                 for runner in runners

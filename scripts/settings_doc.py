@@ -1,6 +1,7 @@
-"""Print the README's settings tables from .env.example (the one place settings are described).
+"""Print the settings tables of docs/settings.md from .env.example (the one place settings are
+described).
 
-`python scripts/settings_doc.py --write` replaces the block between the README's
+`python scripts/settings_doc.py --write` replaces the block between docs/settings.md's
 `<!-- settings:begin -->` and `<!-- settings:end -->` markers; tests check it is current.
 """
 
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "settings.md"
 BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
 
 
@@ -41,10 +43,9 @@ def main() -> int:
     if "--write" not in sys.argv:
         print(text, end="")
         return 0
-    readme = ROOT / "README.md"
-    content = readme.read_text()
+    content = DOC.read_text()
     start, end = content.index(BEGIN) + len(BEGIN), content.index(END)
-    readme.write_text(content[:start] + "\n" + text + content[end:])
+    DOC.write_text(content[:start] + "\n" + text + content[end:])
     return 0
 
 

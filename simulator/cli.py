@@ -1,5 +1,5 @@
-"""Command line of `python -m simulator` (part of the contract, DESIGN §2), and the wiring from
-parsed flags to a running simulator."""
+"""Command line of `python -m simulator` (part of the contract, simulator/README.md), and the
+wiring from parsed flags to a running simulator."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import time
 from pathlib import Path
 
+from common.cli import add_version
 from common.errors import ConfigError
 from common.wire import Category
 from simulator.faults import DelaySpec, FaultConfig, Faults
@@ -21,8 +22,11 @@ from simulator.sources import GeneratedSource, ReplaySource, Source, replay_shif
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m simulator", description="A local Bybit V5 public API"
+        prog="python -m simulator",
+        description="A local Bybit V5 public API (WebSocket at /v5/public/<category>, REST at "
+        "/v5/market/...) for demos, tests and load. Flags only; it reads no STREAMER_* setting.",
     )
+    add_version(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     p.add_argument("--category", choices=[c.value for c in Category], default="linear")
@@ -53,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--malformed-rate", type=float, default=0.0)
     p.add_argument("--refuse-subscribe", type=float, default=0.0, help="fraction refused")
     p.add_argument("--stall-subscribe", type=float, default=0.0, help="fraction never answered")
+    p.add_argument(
+        "--rest-fail-rate", type=float, default=0.0, help="fraction of recent-trade requests failed"
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -65,7 +72,7 @@ def _check(args: argparse.Namespace) -> None:
         problems.append("--symbols must be at least 1")
     if args.rate < 0 or args.speed <= 0:
         problems.append("--rate must be >= 0 and --speed > 0")
-    for name in ("quiet_fraction", "delay_rate", "malformed_rate"):
+    for name in ("quiet_fraction", "delay_rate", "malformed_rate", "rest_fail_rate"):
         if not 0 <= getattr(args, name) <= 1:
             problems.append(f"--{name.replace('_', '-')} must be between 0 and 1")
     if args.refuse_subscribe < 0 or args.stall_subscribe < 0:
@@ -112,6 +119,7 @@ def build(args: argparse.Namespace) -> Simulator:
             delay=DelaySpec.parse(args.delay) if args.delay else None,
             delay_rate=args.delay_rate, malformed_rate=args.malformed_rate,
             refuse_subscribe=args.refuse_subscribe, stall_subscribe=args.stall_subscribe,
+            rest_fail_rate=args.rest_fail_rate,
         ),
         args.seed,
     )  # fmt: skip

@@ -11,6 +11,8 @@
   JSON); no trade is lost by it.
 - subscribe: a fraction of subscribe requests is refused (`Params Error`) or stalled (no
   answer, no data).
+- rest: a fraction `rest_fail_rate` of `recent-trade` requests fails, half as HTTP 503, half as
+  Bybit's rate limit (HTTP 200, `retCode` 10006 `Too many visits!`), so that gap repairs retry.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from common.bybitws import SubscribeFault
 from common.errors import ConfigError
-from simulator.protocol import SubscribeFault
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,11 @@ class FaultConfig:
     malformed_rate: float = 0.0
     refuse_subscribe: float = 0.0
     stall_subscribe: float = 0.0
+    rest_fail_rate: float = 0.0
+
+
+REST_UNAVAILABLE = 503
+REST_TOO_MANY_VISITS = 10006
 
 
 class Faults:
@@ -65,6 +72,7 @@ class Faults:
         self.config = config
         self._rng = random.Random(f"faults-{seed}")
         self._sub_rng = random.Random(f"subscribe-faults-{seed}")
+        self._rest_rng = random.Random(f"rest-faults-{seed}")
 
     def delay_ms(self) -> int:
         spec = self.config.delay
@@ -75,6 +83,14 @@ class Faults:
     def malformed(self) -> bool:
         rate = self.config.malformed_rate
         return rate > 0 and self._rng.random() < rate
+
+    def rest_failure(self) -> int:
+        """0, or how a recent-trade request fails: REST_UNAVAILABLE (an HTTP status) or
+        REST_TOO_MANY_VISITS (a retCode)."""
+        rate = self.config.rest_fail_rate
+        if rate <= 0 or self._rest_rng.random() >= rate:
+            return 0
+        return REST_UNAVAILABLE if self._rest_rng.random() < 0.5 else REST_TOO_MANY_VISITS
 
     def subscribe_fault(self) -> SubscribeFault:
         refuse, stall = self.config.refuse_subscribe, self.config.stall_subscribe

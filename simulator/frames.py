@@ -34,6 +34,10 @@ class Encoded:
         tail = f"{sent_ms}}}\n"
         return tail.join(self.ledger_heads) + tail
 
+    def missed_text(self) -> str:
+        """Ledger lines of trades nobody was subscribed to: `{"missed": {..., "sent_ms":null}}`."""
+        return "".join(f'{{"missed":{head}null}}}}\n' for head in self.ledger_heads)
+
 
 def encode_trades(
     category: Category, inst: Instrument, trades: list[SimTrade], ts_ms: int
@@ -68,13 +72,6 @@ def encode_trades(
     else:
         text = f'{{"topic":"{topic}","type":"snapshot","ts":{ts_ms},"data":[{data}]}}'
     return Encoded(topic, symbol, text, heads, len(trades))
-
-
-def encode_kline(category: Category, topic: str, items: list[dict[str, object]], ts_ms: int) -> str:
-    data = _json.encode(items).decode()
-    if category is Category.SPOT:
-        return f'{{"type":"snapshot","topic":"{topic}","data":{data},"ts":{ts_ms}}}'
-    return f'{{"topic":"{topic}","data":{data},"ts":{ts_ms},"type":"snapshot"}}'
 
 
 def encode(obj: object) -> str:

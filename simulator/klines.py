@@ -1,6 +1,6 @@
 """Bybit's kline rules, built from the simulator's own trades. Pure: no I/O.
 
-Bybit's rules, as the real capture shows them (../shared/testdata/bybit/README.md):
+Bybit's rules (docs/pipeline.md "Candle rules"), as the real capture shows them:
 a candle opens at the previous candle's close and its high/low start from that open; a candle
 with no trades is flat at the previous close with volume 0; volume = Σ size and turnover =
 Σ size × price exactly (inverse: Σ size / price, see `turnover_units`).
@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from common.bybitws import KlineItem
 from common.decimals import format_scaled
 from common.intervals import Interval
 
@@ -80,21 +81,21 @@ class Digits:
             return int(size * 10**shift // price)
         return int(size // (price * 10 ** (-shift)))
 
-    def as_bybit(self, candle: Candle, code: str, confirm: bool, ts_ms: int) -> dict[str, object]:
-        """A `kline` WebSocket item, keys in the order Bybit sends them."""
-        return {
-            "start": candle.start_ms,
-            "end": candle.end_ms - 1,
-            "interval": code,
-            "open": format_scaled(candle.open, self.price),
-            "close": format_scaled(candle.close, self.price),
-            "high": format_scaled(candle.high, self.price),
-            "low": format_scaled(candle.low, self.price),
-            "volume": format_scaled(candle.volume, self.size),
-            "turnover": format_scaled(candle.turnover, self.turnover),
-            "confirm": confirm,
-            "timestamp": ts_ms,
-        }
+    def as_bybit(self, candle: Candle, code: str, confirm: bool, ts_ms: int) -> KlineItem:
+        """A `kline` WebSocket item."""
+        return KlineItem(
+            start=candle.start_ms,
+            end=candle.end_ms - 1,
+            interval=code,
+            open=format_scaled(candle.open, self.price),
+            close=format_scaled(candle.close, self.price),
+            high=format_scaled(candle.high, self.price),
+            low=format_scaled(candle.low, self.price),
+            volume=format_scaled(candle.volume, self.size),
+            turnover=format_scaled(candle.turnover, self.turnover),
+            confirm=confirm,
+            timestamp=ts_ms,
+        )
 
     def as_row(self, candle: Candle) -> list[str]:
         """A REST kline row: [startTime, open, high, low, close, volume, turnover]."""

@@ -3,8 +3,12 @@ it while the simulator runs.
 
 Trade ledger lines (one per trade delivered to at least one subscribed connection):
   {"symbol","T","p","v","S","i","seq","sent_ms"}
-and one line per fault-drop window:
+one line per fault-drop window:
   {"drop":{"from_ms","to_ms"}}
+and one line per trade of a topic that had subscribers and has none now (they were dropped,
+unsubscribed or gone) until one subscribes again, never sent: still in recent-trade, so a gap
+repair can fetch it back:
+  {"missed":{"symbol","T","p","v","S","i","seq","sent_ms":null}}
 Kline ledger lines (one per confirmed candle of a subscribed series):
   {"symbol","interval","start","open","high","low","close","volume","turnover","sent_ms"}
 """

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from common.bybitws import kline_frame
 from common.wire import Category
-from simulator.frames import Encoded, encode_kline, encode_trades
+from simulator.frames import Encoded, encode_trades
 from simulator.generator import SimTrade
 from simulator.instruments import Instrument
 from simulator.klines import (
@@ -151,11 +152,11 @@ class Market:
         confirms = [digits.as_bybit(c, code, True, now_ms) for c in due]
         current = digits.as_bybit(sk.series[code], code, False, now_ms)
         if self.category is Category.SPOT:  # spot sends the confirm and the next candle apart
-            texts = [encode_kline(self.category, topic, [item], now_ms) for item in confirms]
+            texts = [kline_frame(self.category, topic, [i], now_ms).decode() for i in confirms]
             messages = [
                 KlineMessage(topic, symbol, code, t, [c]) for t, c in zip(texts, due, strict=True)
             ]
-            text = encode_kline(self.category, topic, [current], now_ms)
+            text = kline_frame(self.category, topic, [current], now_ms).decode()
             return [*messages, KlineMessage(topic, symbol, code, text, [])]
-        text = encode_kline(self.category, topic, [*confirms, current], now_ms)
+        text = kline_frame(self.category, topic, [*confirms, current], now_ms).decode()
         return [KlineMessage(topic, symbol, code, text, due)]

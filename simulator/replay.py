@@ -1,4 +1,4 @@
-"""Replay of a recorded capture (the format of ../shared/testdata/bybit: JSON lines, optionally
+"""Replay of a recorded capture (cryptofeed's format, as the real captures: JSON lines, optionally
 zstd-compressed; `connect` lines name the socket's URL, `recv` lines hold the raw frames).
 
 Only the capture's sockets of the simulator's category are read. Each recorded `publicTrade`

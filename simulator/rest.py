@@ -1,74 +1,68 @@
 """REST `/v5/market/...`: (path, query) -> (HTTP status, JSON body). No sockets.
 
-Business errors are HTTP 200 with `retCode` 10001 (reference §6-§7); an unknown path is a 404.
+Business errors are HTTP 200 with `retCode` 10001 (as Bybit's); an unknown path is a 404.
 Cursors are plain alphanumeric (`n500`), so it does not matter whether a client re-encodes them.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from urllib.parse import parse_qsl
 
+from common.bybit_rest import (
+    KLINE_LIMIT_DEFAULT,
+    KLINE_LIMIT_MAX,
+    PARAMS_ERROR,
+    Json,
+    ParamError,
+    envelope,
+    int_param,
+    kline_result,
+    limit_param,
+    split_target,
+)
 from common.wire import Category
-from simulator.frames import encode
+from simulator.faults import REST_TOO_MANY_VISITS, REST_UNAVAILABLE
 from simulator.instruments import Instrument
 from simulator.klines import INTERVALS
 from simulator.market import Market
 
 STATUSES = ("PreLaunch", "Trading", "Delivering", "Closed")
 CATEGORIES = ("spot", "linear", "inverse", "option")
-Json = dict[str, object]
 
 
-class ParamError(Exception):
-    def __init__(self, message: str, result: Json | None = None) -> None:
-        super().__init__(message)
-        self.result = result if result is not None else {}
+RECENT_TRADE = "/v5/market/recent-trade"
 
 
-def _envelope(code: int, message: str, result: Json) -> str:
-    body = {"retCode": code, "retMsg": message, "result": result, "retExtInfo": {}}
-    return encode({**body, "time": int(time.time() * 1000)})
-
-
-def _limit(query: dict[str, str], default: int, top: int) -> int:
-    text = query.get("limit")
-    if text is None or text == "":
-        return default
-    if not text.isdigit() or not 1 <= int(text) <= top:
-        raise ParamError("params error: limit invalid")
-    return int(text)
-
-
-def _int_param(query: dict[str, str], name: str) -> int | None:
-    text = query.get(name)
-    if text is None or text == "":
-        return None
-    if not text.isdigit():
-        raise ParamError(f"params error: {name} invalid")
-    return int(text)
+def _no_failure() -> int:
+    return 0
 
 
 class Rest:
-    def __init__(self, market: Market) -> None:
+    def __init__(self, market: Market, failure: Callable[[], int] = _no_failure) -> None:
+        """`failure`: asked before each recent-trade answer (simulator.faults.rest_failure)."""
         self.market = market
+        self._failure = failure
         self._routes: dict[str, Callable[[dict[str, str]], Json]] = {
             "/v5/market/instruments-info": self.instruments_info,
-            "/v5/market/recent-trade": self.recent_trade,
+            RECENT_TRADE: self.recent_trade,
             "/v5/market/kline": self.kline,
         }
 
     def handle(self, target: str) -> tuple[int, str]:
-        path, _, raw_query = target.partition("?")
+        path, query = split_target(target)
         route = self._routes.get(path)
         if route is None:
             return 404, "404 page not found"
-        query = dict(parse_qsl(raw_query, keep_blank_values=True))
+        if path == RECENT_TRADE:
+            failure = self._failure()
+            if failure == REST_UNAVAILABLE:
+                return REST_UNAVAILABLE, "503 service unavailable"
+            if failure == REST_TOO_MANY_VISITS:
+                return 200, envelope(REST_TOO_MANY_VISITS, "Too many visits!", {}).decode()
         try:
-            return 200, _envelope(0, "OK", route(query))
+            return 200, envelope(0, "OK", route(query)).decode()
         except ParamError as exc:
-            return 200, _envelope(10001, str(exc), exc.result)
+            return 200, envelope(PARAMS_ERROR, str(exc), exc.result).decode()
 
     def _category(self, query: dict[str, str], default: str | None = None) -> str:
         category = query.get("category") or default
@@ -88,7 +82,7 @@ class Rest:
         status = query.get("status") or "Trading"
         if status not in STATUSES:
             raise ParamError("params error: status invalid")
-        limit = _limit(query, 500, 1000)
+        limit = limit_param(query, 500, 1000)
         ours = category == self.market.category.value
         chosen = [i for i in self.market.instruments if ours and i.status == status]
         chosen.sort(key=lambda i: i.symbol)
@@ -162,7 +156,7 @@ class Rest:
         category = self._category(query)
         spot = category == Category.SPOT.value
         inst = self._symbol(query, category)
-        limit = _limit(query, 60 if spot else 500, 60 if spot else 1000)
+        limit = limit_param(query, 60 if spot else 500, 60 if spot else 1000)
         trades = list(self.market.recent[self.market.index[inst.symbol]])[-limit:]
         items = [
             {
@@ -186,8 +180,8 @@ class Rest:
         code = query.get("interval", "")
         if code not in INTERVALS:
             raise ParamError("Invalid period!")
-        limit = _limit(query, 200, 1000)
-        start, end = _int_param(query, "start"), _int_param(query, "end")
+        limit = limit_param(query, KLINE_LIMIT_DEFAULT, KLINE_LIMIT_MAX)
+        start, end = int_param(query, "start"), int_param(query, "end")
         sk = self.market.klines[self.market.index[inst.symbol]]
         candles = sk.buckets(code, self.market.now_ms)
         chosen = [
@@ -196,4 +190,4 @@ class Rest:
             if (start is None or c.start_ms >= start) and (end is None or c.start_ms <= end)
         ]
         rows = [sk.digits.as_row(c) for c in reversed(chosen[-limit:])]
-        return {"symbol": inst.symbol, "category": category, "list": rows}
+        return kline_result(inst.symbol, category, rows)

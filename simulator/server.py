@@ -21,12 +21,12 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from common.bybitws import Outcome, Session
 from common.lifecycle import TaskSet, until_stopped
 from simulator.faults import Faults, malformed_frame
 from simulator.frames import Encoded
 from simulator.ledger import Ledger
 from simulator.market import KlineMessage, Market
-from simulator.protocol import Outcome, Session
 from simulator.rest import Rest
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class Simulator:
     ) -> None:
         self.config = config
         self.market = market
-        self.rest = Rest(market)
+        self.rest = Rest(market, faults.rest_failure)
         self.faults = faults
         self.ledger = ledger
         self.kline_ledger = kline_ledger
@@ -73,6 +73,10 @@ class Simulator:
         self._held: dict[str, deque[tuple[int, Encoded]]] = {}
         self._last_delivery_s: dict[str, float] = {}
         self._drop_from_ms: int | None = None
+        # Trade topics that had subscribers and have none now (a drop, an unsubscribe, a client
+        # gone), until one subscribes again: their trades meanwhile are ledgered as missed,
+        # what a gap repair can fetch back from recent-trade.
+        self._unheard: set[str] = set()
         self._wall0_ms = time.time() * 1000
         self._clock0_ms = market.now_ms
         self.port = config.port
@@ -166,6 +170,7 @@ class Simulator:
         if client.ws not in self.clients:
             return
         for topic in outcome.subscribed:
+            self._unheard.discard(topic)
             client.live.add(topic)
             self.subscribers.setdefault(topic, set()).add(client.ws)
             if topic.startswith("kline."):
@@ -183,6 +188,8 @@ class Simulator:
             if not conns:
                 del self.subscribers[topic]
                 self.kline_topics.discard(topic)
+                if topic.startswith("publicTrade."):
+                    self._unheard.add(topic)
 
     # --- the market loop ---------------------------------------------------------------------
 
@@ -234,6 +241,8 @@ class Simulator:
     def _deliver(self, message: Encoded, now_ms: int) -> None:
         conns = self.subscribers.get(message.topic)
         if not conns:
+            if message.topic in self._unheard:
+                self.ledger.write(message.missed_text())
             return
         broadcast(conns, message.text)
         self._last_delivery_s[message.topic] = time.monotonic()

@@ -37,6 +37,7 @@ import sys
 import time
 from array import array
 from collections.abc import Callable
+from typing import Any
 
 from nautilus_trader.common.component import TestClock, TimeEvent
 from nautilus_trader.core.uuid import UUID4
@@ -70,7 +71,7 @@ def load(
     n: int = header["n"]
     offset = 12 + length
 
-    def column(code: str, width: int) -> array[float] | array[int]:
+    def column(code: str, width: int) -> array[Any]:  # float or int, as `code` says
         nonlocal offset
         values = array(code)
         values.frombytes(data[offset : offset + n * width])
@@ -83,7 +84,7 @@ def load(
     symbols = column("H", 2)
     buys = data[offset : offset + n]
     ids = data[offset + n : offset + 33 * n]
-    return header["symbols"], times, prices, sizes, symbols, buys, ids  # type: ignore[return-value]
+    return header["symbols"], times, prices, sizes, symbols, buys, ids
 
 
 def instrument(name: str, ts: int) -> CryptoPerpetual:

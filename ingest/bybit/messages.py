@@ -2,7 +2,7 @@
 
 Bybit's short field names (`T`, `p`, `v`, `S`, `i`) are mapped here and never leave `ingest/`.
 Only the fields a trade needs are required; everything else is optional, because recorded frames
-omit `BT`/`RPI`/`L`/`seq` on some categories and dates (reference/bybit-v5-public.md §4).
+omit `BT`/`RPI`/`L`/`seq` on some categories and dates (the real captures: spot has no `L`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Bybit's subscription limits, as pure planning functions.
 
 Per connection the summed length of the subscribed topic strings must stay under 21,000
-characters (every category); spot takes at most 10 args per request (reference §2.4).
+characters (every category); spot takes at most 10 args per request (docs/pipeline.md "Ingest").
 """
 
 from __future__ import annotations

@@ -26,14 +26,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import msgspec
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.backoff import backoff
 from common.errors import LeaseLostError, RetryableError
 from common.intervals import Interval
 from common.lifecycle import TaskSet
 from common.logs import RateLimitedLog
+from common.rediserrors import REDIS_DOWN
 from common.wire import Candle
 from ingest.klines import metrics
 from ingest.klines.store import KlineStore, series_field
@@ -278,7 +277,7 @@ class ShardKlines:
             try:
                 written = await self._store.write_confirmed(candles)
                 break
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except REDIS_DOWN as exc:
                 _limited.warning("redis", "klines write failed, retrying: %r", exc)
                 await asyncio.sleep(next(delays))
         metrics.DUPLICATES.inc(written.count(False))

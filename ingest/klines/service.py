@@ -11,31 +11,28 @@ series, with holes filled from REST at start, after every reconnect and on a per
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
+from collections.abc import Iterable
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from common.backoff import backoff
-from common.errors import BadMessageError, LeaseLostError, RetryableError
+from common.errors import BadMessageError, LeaseLostError
 from common.keys import Keys
-from common.leases import ShardClaimer
-from common.lifecycle import TaskSet, until_stopped
+from common.lifecycle import TaskSet, sleep_or_stop
 from common.logs import RateLimitedLog
-from common.metrics import serve_metrics
+from common.rediserrors import REDIS_FAILED
 from common.settings import IngestSettings
 from common.sharding import shard_of
-from ingest import service as ingest_service
+from ingest import startup
 from ingest.klines import metrics
 from ingest.klines.frames import decode_frame, item_candle, parse_topic, topic
 from ingest.klines.rest import KlineRest
 from ingest.klines.series import Fetch, ShardKlines
 from ingest.klines.store import KlineStore
-from ingest.pool import Pool
-from ingest.rest import fetch_instruments
-from ingest.symbols import refreshed_symbols
+from ingest.pool import OpenPool
+from ingest.startup import Drained, Mode, Started
 
 log = logging.getLogger(__name__)
 _limited = RateLimitedLog(log)
@@ -43,6 +40,7 @@ _limited = RateLimitedLog(log)
 SWEEP_S = 5.0
 """How often every series is checked for candles that ended but were never confirmed to us."""
 SUBSCRIBE_TIMEOUT_S = 30.0
+_UPDATES_FAILED: tuple[type[Exception], ...] = (*REDIS_FAILED, LeaseLostError)
 
 
 class ExchangeClock:
@@ -78,19 +76,28 @@ class KlinesShards:
         settings: IngestSettings,
         fetch: Fetch,
         tasks: TaskSet,
+        *,
+        open_pool: OpenPool,
+        token: str,
+        symbols: Iterable[str] = (),
     ) -> None:
         self._redis = redis
         self._keys = keys
         self._settings = settings
         self._fetch = fetch
         self._tasks = tasks
-        self.pool: Pool | None = None
-        self.token = ""
-        self.symbols: list[str] = []
+        self.token = token
+        self.symbols = sorted(symbols)
         self.shards: dict[int, ShardKlines] = {}
         self._shard_of: dict[str, int] = {}
         self._watchers: dict[int, asyncio.Task[None]] = {}
         self.clock = ExchangeClock()
+        self.pool = open_pool(
+            on_trades=lambda message, received_ms: None,
+            on_gap=self.on_reconnected,
+            topics_of=self.topics_of,
+            on_frame=self.on_frame,
+        )
 
     def topics_of(self, symbol: str) -> list[str]:
         return [topic(interval, symbol) for interval in self._settings.kline_intervals]
@@ -101,7 +108,6 @@ class KlinesShards:
     # -- ShardWorkers ------------------------------------------------------------------------------
 
     async def start_shard(self, shard: int) -> None:
-        assert self.pool is not None
         settings = self._settings
         store = KlineStore(
             self._redis,
@@ -110,6 +116,7 @@ class KlinesShards:
             self.token,
             settings.klines_maxlen,
             settings.updates_maxlen,
+            settings.history_candles,
         )
         klines = ShardKlines(
             store,
@@ -129,13 +136,12 @@ class KlinesShards:
 
         Off the lease loop, with retries: a Redis hiccup here must not leave an owned shard idle.
         """
-        assert self.pool is not None
         delays = backoff(base_s=0.2, cap_s=5.0)
         while True:
             try:
                 await klines.load()
                 break
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILED as exc:
                 log.warning("shard %d: cannot read the last candles yet: %r", shard, exc)
                 await asyncio.sleep(next(delays))
         if self.shards.get(shard) is not klines:
@@ -159,8 +165,7 @@ class KlinesShards:
         symbols = self._symbols_of(shard)
         for symbol in symbols:
             self._shard_of.pop(symbol, None)
-        if self.pool is not None:
-            await self.pool.remove(symbols)
+        await self.pool.remove(symbols)
         watcher = self._watchers.pop(shard, None)
         if watcher is not None:
             watcher.cancel()
@@ -213,21 +218,21 @@ class KlinesShards:
 
     async def sweep(self, stop: asyncio.Event) -> None:
         """Heal series whose confirm never came (e.g. it was sent just before a resubscribe)."""
-        while not await _stopped(stop, SWEEP_S):
+        while not await sleep_or_stop(stop, SWEEP_S):
             for klines in list(self.shards.values()):
                 klines.catch_up(self.clock.now_ms())
 
     async def flush_updates(self, stop: asyncio.Event) -> None:
         """Write each changed series' latest snapshot once per STREAMER_KLINE_UPDATES_MS."""
         period_s = self._settings.kline_updates_ms / 1000
-        while not await _stopped(stop, period_s):
+        while not await sleep_or_stop(stop, period_s):
             for klines in list(self.shards.values()):
                 batch = klines.take_updates()
                 if batch and not klines.lost:
                     try:
                         await klines.store.write_updates(batch)
                         metrics.UPDATES.inc(len(batch))
-                    except (RedisError, OSError, LeaseLostError) as exc:  # best effort
+                    except _UPDATES_FAILED as exc:  # best effort
                         _limited.warning("updates", "writing updates failed: %r", exc)
 
     @property
@@ -252,27 +257,8 @@ class KlinesShards:
             shard = shard_of(symbol, self._settings.shards)
             self._shard_of[symbol] = shard
             self.shards[shard].add_symbols([symbol])
-        if self.pool is not None:
-            await self.pool.remove(removed)
-            await self.pool.add(added)
-
-
-async def _stopped(stop: asyncio.Event, period_s: float) -> bool:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), period_s)
-    return stop.is_set()
-
-
-async def _refresh(settings: IngestSettings, shards: KlinesShards, stop: asyncio.Event) -> None:
-    while not await _stopped(stop, settings.bybit_symbols_refresh_s):
-        try:
-            instruments = await fetch_instruments(
-                settings.bybit_rest_url, settings.bybit_category, settings.bybit_rest_timeout_s
-            )
-        except (RetryableError, BadMessageError) as exc:
-            log.warning("symbol refresh failed, keeping the current list: %s", exc)
-            continue
-        await shards.set_symbols(refreshed_symbols(settings, instruments))
+        await self.pool.remove(removed)
+        await self.pool.add(added)
 
 
 def warn_ignored_settings(settings: IngestSettings) -> None:
@@ -287,73 +273,43 @@ def warn_ignored_settings(settings: IngestSettings) -> None:
 
 async def run(settings: IngestSettings, symbols: list[str], stop: asyncio.Event) -> None:
     warn_ignored_settings(settings)
-    await ingest_service.run(settings, symbols, stop, serve=_serve)
+    await startup.run(settings, symbols, stop, _klines)
 
 
-async def _serve(
-    settings: IngestSettings,
-    symbols: list[str],
-    redis: aioredis.Redis,
-    keys: Keys,
-    stop: asyncio.Event,
-) -> None:
-    tasks = TaskSet()
+def _klines(started: Started, open_pool: OpenPool) -> Mode:
+    """Klines mode: Bybit's confirmed candles, each series healed from REST (`ShardKlines`)."""
+    settings = started.settings
     rest = KlineRest(
         settings.bybit_rest_url, settings.bybit_category, settings.bybit_rest_timeout_s
     )
-    shards = KlinesShards(redis, keys, settings, rest.fetch, tasks)
-    shards.symbols = sorted(symbols)
-    claimer = ShardClaimer(
-        redis,
-        keys,
-        "ingest",
-        settings.shards,
-        settings.fixed_shards(),
-        settings.lease_ttl_ms,
-        shards,
+    shards = KlinesShards(
+        started.redis,
+        started.keys,
+        settings,
+        rest.fetch,
+        started.tasks,
+        open_pool=open_pool,
+        token=started.token,
+        symbols=started.symbols,
     )
-    shards.token = claimer.token
-    pool_stop, claim_stop = asyncio.Event(), asyncio.Event()
-    pool = shards.pool = Pool(
-        settings.ws_url,
-        settings.bybit_category,
-        settings.bybit_socket_pool_size,
-        ping_interval_s=settings.bybit_ping_interval_s,
-        dead_after_s=settings.bybit_dead_after_s,
-        on_trades=lambda message, received_ms: None,
-        on_gap=shards.on_reconnected,
-        tasks=tasks,
-        stop=pool_stop,
-        topics_of=shards.topics_of,
-        on_frame=shards.on_frame,
-    )
-    claim_task = tasks.spawn(claimer.run(claim_stop), name="claimer")
-    tasks.spawn(shards.sweep(stop), name="klines-sweep")
+    loops = {"klines-sweep": shards.sweep}
     if settings.kline_updates_ms > 0:
-        tasks.spawn(shards.flush_updates(stop), name="klines-updates")
-    if settings.bybit_symbols_refresh_s > 0:
-        tasks.spawn(_refresh(settings, shards, stop), name="symbols-refresh")
-    server = None
-    if settings.metrics_port:
-        server = await serve_metrics(
-            settings.metrics_host,
-            settings.metrics_port,
-            lambda: pool.connected and bool(shards.shards),
+        loops["klines-updates"] = shards.flush_updates
+
+    def log_started() -> None:
+        log.info(
+            "ingest started in klines mode: %d symbols × %s, %d shards (%s), pool of %d",
+            len(started.symbols),
+            ",".join(i.label for i in settings.kline_intervals),
+            settings.shards,
+            settings.shard_ids or "leases",
+            settings.bybit_socket_pool_size,
         )
-    log.info(
-        "ingest started in klines mode: %d symbols × %s, %d shards (%s), pool of %d",
-        len(symbols),
-        ",".join(i.label for i in settings.kline_intervals),
-        settings.shards,
-        settings.shard_ids or "leases",
-        settings.bybit_socket_pool_size,
+
+    async def drain() -> Drained:
+        # Nothing to flush first: stop_shard(graceful) lets every series queue drain.
+        return Drained(settings.shutdown_timeout_s)
+
+    return Mode(
+        shards, lambda: shards.pool.connected and bool(shards.shards), log_started, drain, loops
     )
-    try:
-        await until_stopped(stop, tasks)
-    finally:
-        pool_stop.set()
-        claim_stop.set()  # stop_shard(graceful) lets every series queue drain first
-        await asyncio.wait({claim_task}, timeout=settings.shutdown_timeout_s)
-        await tasks.cancel_all()
-        if server is not None:
-            server.close()

@@ -4,7 +4,8 @@ One Lua script per batch, fenced by the shard's ingest lease (`FENCE_LUA`). For 
 compares the candle's open time with the last written one of its series (hash
 `<p>:{k}:klines-last`, field `<symbol>:<interval label>`) and XADDs only when it is newer, setting
 the hash in the same script. So a confirm seen twice (a reconnect, a backfill overlapping live
-data) is written once, and after `kill -9` the restart knows every series' last candle.
+data) is written once, and after `kill -9` the restart knows every series' last candle. The
+same script adds each written candle to its series' history store (common/history.py).
 """
 
 from __future__ import annotations
@@ -15,20 +16,27 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from common.errors import LeaseLostError
+from common.history import STORE_LUA
 from common.keys import Keys
 from common.leases import FENCE_LUA
+from common.rediserrors import ReplyCode, reply_code
 from common.wire import Candle, candle_encoder
 
 _WRITE_CONFIRMED = (
     FENCE_LUA
+    + STORE_LUA
     + """
+-- KEYS: lease, klines, klines-last, then each candle's history key. ARGV: token, maxlen,
+-- history depth, then (series field, open time, candle JSON) per candle.
 local written = {}
-for i = 3, #ARGV, 3 do
+local depth = tonumber(ARGV[3])
+for i = 4, #ARGV, 3 do
   local field, start = ARGV[i], tonumber(ARGV[i + 1])
   local last = redis.call('HGET', KEYS[3], field)
   if (not last) or tonumber(last) < start then
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'data', ARGV[i + 2])
     redis.call('HSET', KEYS[3], field, ARGV[i + 1])
+    store_candle(KEYS[4 + (i - 4) / 3], ARGV[i + 2], depth)
     written[#written + 1] = 1
   else
     written[#written + 1] = 0
@@ -63,8 +71,11 @@ class KlineStore:
         token: str,
         klines_maxlen: int,
         updates_maxlen: int,
+        history_candles: int = 1000,
     ) -> None:
         self._redis = redis
+        self._keys = keys
+        self._history_depth = history_candles
         self._shard = shard
         self._token = token
         self._klines_maxlen = klines_maxlen
@@ -85,14 +96,15 @@ class KlineStore:
         """XADD the candles that are newer than their series' last one; which ones were written."""
         if not candles:
             return []
-        args: list[str | bytes | int] = [self._token, self._klines_maxlen]
+        args: list[str | bytes | int] = [self._token, self._klines_maxlen, self._history_depth]
+        keys = [self._lease, self._klines, self._last]
         for candle in candles:
+            keys.append(self._keys.history(self._shard, candle.interval_label, candle.symbol))
             args += [
                 series_field(candle.symbol, candle.interval_label),
                 candle.timestamp,
                 candle_encoder.encode(candle),
             ]
-        keys = [self._lease, self._klines, self._last]
         try:
             written = await self._confirmed(keys=keys, args=args)
         except ResponseError as exc:
@@ -115,6 +127,6 @@ def _text(value: bytes | str) -> str:
 
 
 def _lease_error(exc: ResponseError, shard: int) -> Exception:
-    if "LEASELOST" in str(exc):
+    if reply_code(exc) is ReplyCode.LEASELOST:
         return LeaseLostError(f"shard {shard}: the ingest lease is held by another process")
     return exc

@@ -24,6 +24,7 @@ ENTRY_POINT_GROUP = "streamer.consumers"
 
 _BUILTINS = {
     "console": "publish.consumers.console:ConsoleConsumer",
+    "postgres": "publish.consumers.postgres:PostgresConsumer",
     "redis": "publish.consumers.redis_pubsub:RedisConsumer",
     "websocket": "publish.consumers.websocket:WebSocketConsumer",
 }

@@ -11,11 +11,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.errors import RetryableError
 from common.redisconn import connect
+from common.rediserrors import REDIS_DOWN
 from publish.batch import CandleBatch, json_array
 from publish.consumers.base import BaseConsumer
 
@@ -72,7 +71,7 @@ class RedisConsumer(BaseConsumer):
                 for start in range(0, len(raws), step):
                     pipe.publish(self._channel, json_array(raws[start : start + step]))
                 await pipe.execute()
-        except (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError) as exc:
+        except REDIS_DOWN as exc:
             raise RetryableError(f"publish to {self._channel!r} failed: {exc!r}") from exc
 
     async def _publish_and_ack(self, batch: CandleBatch, group: str) -> None:

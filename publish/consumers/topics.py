@@ -19,7 +19,7 @@ from common.errors import ConfigError
 from common.intervals import Calendar, Interval
 
 MAX_TOPICS = 1000
-_SYMBOL = re.compile(r"^[A-Z0-9*]{1,40}$")
+_SYMBOL = re.compile(r"^[A-Z0-9*][A-Z0-9*._-]{0,39}$")  # Bybit's symbols (BTC-26DEC25) or a pattern
 
 SeriesKey = tuple[int | str, str]
 """(interval, symbol): interval in ms, or its label for calendar intervals (1w, 1M)."""

@@ -1,26 +1,25 @@
-"""`websocket`: the candle feed of DESIGN §6 on STREAMER_WEBSOCKET_HOST:PORT, path `/`.
+"""`websocket`: the candle feed on STREAMER_WEBSOCKET_HOST:PORT, path `/` (docs/protocol.md
+"WebSocket server (contract)").
 
-- Every connection authenticates with HTTP Basic auth on the upgrade request (constant-time
-  compare); otherwise HTTP 401 with `WWW-Authenticate`, and no upgrade. `/health` answers 200.
+- Every connection authenticates with HTTP Basic auth on the upgrade request, or, for clients
+  that cannot set a header (Bybit's SDKs, a browser), `?auth=<user>:<key>` (URL-encoded); both
+  compared in constant time, never logged. Otherwise HTTP 401 with `WWW-Authenticate`, and no
+  upgrade. `/health` answers 200.
+- `/v5/public/<STREAMER_BYBIT_CATEGORY>` is the Bybit-compatible feed (bybit_feed.py).
 - Frames are JSON arrays of up to STREAMER_WEBSOCKET_MAX_FRAME_CANDLES candles, joined from the
   candles' raw JSON. Ops: `{"op": "subscribe"|"unsubscribe", "args": [...]}` (see topics.py),
   `{"op": "ping"}`; each answered `{"op", "success", "ret_msg", "args"}`. A subscribe is followed
-  by the latest closed candle of each newly matching series (the snapshot), then the live feed.
-- Fan-out writes each frame straight into every client's transport, as websockets' broadcast()
-  does. A client whose socket is full gets a backlog of frames instead; once it holds more than
-  STREAMER_WEBSOCKET_CLIENT_BUFFER frames the client is closed with 1008 "client too slow", and
-  no other client ever waits for it.
+  by the latest closed candle of each newly matching series (the snapshot), then the live feed;
+  with `"since": <ms>` or `"history": N`, by those series' stored history instead (resume.py).
+- Fan-out builds each frame once per distinct subscription and hands it to every client's
+  outbox (outbox.py): no client ever waits for a slow one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hmac
 import logging
 import ssl
-from collections import deque
 from http import HTTPStatus
 from typing import Any
 
@@ -28,29 +27,37 @@ import msgspec
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 
 from common.errors import ConfigError
-from common.logs import RateLimitedLog
+from common.keys import Keys
 from common.metrics import REGISTRY
+from common.redisconn import connect
+from common.rediserrors import REDIS_DOWN
+from publish import history
+from publish.auth import Credentials
 from publish.batch import CandleBatch, json_array
+from publish.consumers import http
 from publish.consumers.base import BaseConsumer
+from publish.consumers.bybit_feed import BybitFeed
+from publish.consumers.outbox import Outbox
+from publish.consumers.resume import HistoryLoader, Offer, Resumption, Seam, check_request
 from publish.consumers.topics import ClientFilter, SeriesKey, Topic, series_decoder
+from publish.routes import HttpRoutes
 
 log = logging.getLogger(__name__)
-limited = RateLimitedLog(log)
 
 MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
 WRITE_LIMIT_BYTES = 256 * 1024
 
 CLIENTS = REGISTRY.gauge("publish_ws_clients", "Connected WebSocket clients")
-SLOW_CLOSED = REGISTRY.counter("publish_ws_slow_closed_total", "Clients closed for being slow")
 REFUSED = REGISTRY.counter("publish_ws_refused_total", "Upgrade requests refused", ("reason",))
 
 
 class Op(msgspec.Struct):
     op: str
     args: list[str] = []
+    since: int | None = None
+    history: int | None = None
 
 
 class Reply(msgspec.Struct):
@@ -65,14 +72,12 @@ _encoder = msgspec.json.Encoder()
 
 
 class _Client:
-    __slots__ = ("backlog", "closing", "conn", "filter", "flusher")
+    __slots__ = ("filter", "outbox", "resume")
 
-    def __init__(self, conn: ServerConnection) -> None:
-        self.conn = conn
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
         self.filter = ClientFilter()
-        self.backlog: deque[bytes] = deque()
-        self.closing = False
-        self.flusher: asyncio.Task[None] | None = None
+        self.resume: Resumption | None = None
 
 
 class WebSocketConsumer(BaseConsumer):
@@ -84,7 +89,12 @@ class WebSocketConsumer(BaseConsumer):
         self._latest: dict[SeriesKey, tuple[int, bytes]] = {}
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._credentials: tuple[bytes, bytes] | None = None
+        self._credentials: Credentials | None = None
+        self.history: history.HistoryReader | None = None  # the store, from setup() on
+        self._routes: HttpRoutes | None = None
+        self._bybit: BybitFeed | None = None
+        self._history: HistoryLoader | None = None
+        self._archive: history.Archive | None = None  # older candles (PostgreSQL), if set
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -98,7 +108,9 @@ class WebSocketConsumer(BaseConsumer):
                     "STREAMER_WSS_AUTH_USER and STREAMER_WSS_AUTH_KEY must both be set "
                     "(or STREAMER_WSS_AUTH_DISABLED=true to serve without credentials, on purpose)"
                 )
-            self._credentials = (s.wss_auth_user.encode(), s.wss_auth_key.encode())
+            self._credentials = Credentials(s.wss_auth_user.encode(), s.wss_auth_key.encode())
+        self._bybit = BybitFeed(s, self._tasks)
+        self._archive = history.archive_of(s)
         for path in (s.websocket_tls_cert, s.websocket_tls_key):
             if path is not None and not path.is_file():
                 raise ValueError(f"TLS file {str(path)!r} does not exist")
@@ -121,6 +133,19 @@ class WebSocketConsumer(BaseConsumer):
         s = self.settings
         assert s is not None
         context = self._ssl_context()
+        redis, keys = connect(s), Keys(s.redis_prefix)
+        self.history = history.HistoryReader(
+            redis, keys, s.kline_intervals, s.shards,
+            archive=self._archive, depth=s.history_candles,
+        )  # fmt: skip
+        # a closed candle may be revised by a late trade, or by a gap repair later still
+        revisable_ms = int(max(s.kline_revision_window_s, s.kline_repair_window_s) * 1000)
+        self._routes = HttpRoutes(
+            self.history, s.bybit_category.value, self._credentials, revisable_ms
+        )
+        # more than a series ever holds (common/history.py: depth + 15, sub-second ones 16 s more)
+        most = 2 * s.history_candles + 1000
+        self._history = HistoryLoader(self.history, redis, keys, s.shards, most)
         try:
             self._server = await serve(
                 self._handle,
@@ -159,60 +184,66 @@ class WebSocketConsumer(BaseConsumer):
             self._server = None
         for task in list(self._tasks):
             task.cancel()
+        if self.history is not None:
+            await self.history.aclose()
 
     # --- connections -----------------------------------------------------------------------
 
-    def _authorized(self, header: str | None) -> bool:
-        if self._credentials is None:
-            return True
-        if header is None or not header.startswith("Basic "):
-            return False
-        try:
-            user, _, key = base64.b64decode(header[6:], validate=True).partition(b":")
-        except (binascii.Error, ValueError):
-            return False
-        want_user, want_key = self._credentials
-        # Both compared, always: no early exit that would time which part was wrong.
-        return hmac.compare_digest(user, want_user) & hmac.compare_digest(key, want_key)
+    def _authorized(self, header: str | None, target: str) -> bool:
+        return self._credentials is None or self._credentials.allows(header, target)
 
-    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        assert self._bybit is not None
         path = request.path.split("?", 1)[0]
         if path == "/health":
             return conn.respond(HTTPStatus.OK, "ok\n")
-        if path != "/":
+        if self._routes is not None and path in HttpRoutes.PATHS:
+            return await http.answer(self._routes, request)
+        if path not in ("/", self._bybit.path):
             REFUSED.inc(1, "path")
-            return conn.respond(HTTPStatus.NOT_FOUND, "not found; the candle feed is at /\n")
-        if not self._authorized(request.headers.get("Authorization")):
+            where = f"the candle feed is at /, the Bybit-compatible one at {self._bybit.path}"
+            return conn.respond(HTTPStatus.NOT_FOUND, f"not found; {where}\n")
+        if not self._authorized(request.headers.get("Authorization"), request.path):
             REFUSED.inc(1, "auth")
             response = conn.respond(HTTPStatus.UNAUTHORIZED, "credentials required\n")
             response.headers["WWW-Authenticate"] = 'Basic realm="klines", charset="UTF-8"'
             return response
         assert self.settings is not None
-        if len(self._clients) >= self.settings.websocket_max_clients:
+        if self._client_count() >= self.settings.websocket_max_clients:
             REFUSED.inc(1, "full")
             return conn.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many clients\n")
         return None
 
+    def _client_count(self) -> int:
+        assert self._bybit is not None
+        return len(self._clients) + len(self._bybit.clients)
+
     async def _handle(self, conn: ServerConnection) -> None:
-        assert self.settings is not None
-        if len(self._clients) >= self.settings.websocket_max_clients:
+        assert self.settings is not None and self._bybit is not None
+        if self._client_count() >= self.settings.websocket_max_clients:
             await conn.close(1013, "too many clients")
             return
-        client = _Client(conn)
+        if conn.request is not None and conn.request.path.startswith(self._bybit.path):
+            CLIENTS.set(self._client_count() + 1)
+            try:
+                await self._bybit.handle(conn)
+            finally:
+                CLIENTS.set(self._client_count())
+            return
+        client = _Client(Outbox(conn, self.settings.websocket_client_buffer, self._tasks))
         self._clients.add(client)
-        CLIENTS.set(len(self._clients))
+        CLIENTS.set(self._client_count())
         try:
             async for message in conn:
-                self._on_message(client, message)
+                await self._on_message(client, message)
         except ConnectionClosed:
             pass
         finally:
             self._clients.discard(client)
-            CLIENTS.set(len(self._clients))
-            if client.flusher is not None:
-                client.flusher.cancel()
+            CLIENTS.set(self._client_count())
+            client.outbox.discard()
 
-    def _on_message(self, client: _Client, message: str | bytes) -> None:
+    async def _on_message(self, client: _Client, message: str | bytes) -> None:
         if isinstance(message, bytes):
             self._reply(client, Reply(None, False, "binary frames are not accepted; send JSON"))
             return
@@ -222,10 +253,12 @@ class WebSocketConsumer(BaseConsumer):
             self._reply(client, Reply(None, False, f"bad request: {exc}"))
             return
         try:
-            if op.op == "subscribe":
+            if op.op == "subscribe" and (op.since is not None or op.history is not None):
+                await self._resume(client, op)
+            elif op.op == "subscribe":
                 new = client.filter.subscribe(op.args)
                 self._reply(client, Reply(op.op, True, "subscribed", [t.text for t in new]))
-                self._send(client, self._snapshot(new))
+                client.outbox.send(self._snapshot(new))
             elif op.op == "unsubscribe":
                 gone = client.filter.unsubscribe(op.args)
                 self._reply(client, Reply(op.op, True, "unsubscribed", [t.text for t in gone]))
@@ -238,8 +271,38 @@ class WebSocketConsumer(BaseConsumer):
         except ValueError as exc:
             self._reply(client, Reply(op.op, False, str(exc), op.args))
 
+    async def _resume(self, client: _Client, op: Op) -> None:
+        """Subscribe, hold the client's live candles back, send the history, then the live
+        feed past the seam (resume.py). Ops of one client are handled one at a time."""
+        assert self.settings is not None and self._history is not None
+        problem = check_request(op.since, op.history)
+        if problem is not None:
+            raise ValueError(problem)
+        old = list(client.filter.topics.values())
+        new = client.filter.subscribe(op.args)
+        per_frame = self.settings.websocket_max_frame_candles
+        resume = client.resume  # the seam of an earlier resume may still be open
+        if resume is None:
+            resume = Resumption(self.settings.websocket_client_buffer * per_frame)
+            client.resume = resume
+        resume.pending = []
+        try:
+            series = await self._history.series(new, old)
+            loaded = await self._history.load(series, op.since, op.history)
+        except REDIS_DOWN as exc:
+            if new:
+                client.filter.unsubscribe([t.text for t in new])
+            client.outbox.send(_frames(resume.finish(Seam(), client.filter.wants), per_frame))
+            raise ValueError(f"history unavailable, nothing subscribed: {exc}") from None
+        what = loaded.reply(len(series))
+        self._reply(client, Reply(op.op, True, what, [t.text for t in new]))
+        await client.outbox.send_paced(_frames(loaded.raws, per_frame))
+        client.outbox.send(_frames(resume.finish(loaded.seam, client.filter.wants), per_frame))
+        if resume.done and client.resume is resume:
+            client.resume = None
+
     def _reply(self, client: _Client, reply: Reply) -> None:
-        self._send(client, [_encoder.encode(reply)])
+        client.outbox.send([_encoder.encode(reply)])
 
     def _snapshot(self, topics: list[Topic]) -> list[bytes]:
         assert self.settings is not None
@@ -256,7 +319,7 @@ class WebSocketConsumer(BaseConsumer):
     async def consume_batch(self, batch: CandleBatch) -> None:
         if not self._is_running or not batch.raws:
             return
-        self._fan_out(batch.raws, self._remember(batch.raws))
+        self._fan_out(batch.raws, self._remember(batch.raws), batch.last_ids())
 
     def wants_updates(self) -> bool:
         return self.settings is not None and self.settings.websocket_updates
@@ -274,24 +337,48 @@ class WebSocketConsumer(BaseConsumer):
             if held is None or held[0] < fields.timestamp:
                 raws.append(raw)
                 keys.append(key)
-        self._fan_out(raws, keys)
+        self._fan_out(raws, keys, {}, updates=True)
 
-    def _fan_out(self, raws: list[bytes], keys: list[SeriesKey]) -> None:
+    def _fan_out(
+        self,
+        raws: list[bytes],
+        keys: list[SeriesKey],
+        last_ids: dict[int, bytes],
+        updates: bool = False,
+    ) -> None:
         """Frames built once per distinct subscription, then written to every client."""
-        assert self.settings is not None
+        assert self.settings is not None and self._bybit is not None
+        self._bybit.fan_out(raws, keys)
         per_frame = self.settings.websocket_max_frame_candles
         groups: dict[frozenset[Any] | None, list[_Client]] = {}
         for client in self._clients:
             groups.setdefault(client.filter.key, []).append(client)
         for group_key, clients in groups.items():
-            if group_key is None:
-                frames = _frames(raws, per_frame)
-            else:
+            picked, picked_keys = raws, keys
+            if group_key is not None:
                 wants = clients[0].filter.wants
-                picked = [raw for raw, key in zip(raws, keys, strict=True) if wants(key)]
-                frames = _frames(picked, per_frame)
+                chosen = [(raw, key) for raw, key in zip(raws, keys, strict=True) if wants(key)]
+                picked, picked_keys = [r for r, _ in chosen], [k for _, k in chosen]
+            frames: list[bytes] | None = None
             for client in clients:
-                self._send(client, frames)
+                if client.resume is not None:
+                    self._offer(client, client.resume, (picked, picked_keys, last_ids, updates))
+                    continue
+                if frames is None:
+                    frames = _frames(picked, per_frame)
+                client.outbox.send(frames)
+
+    def _offer(self, client: _Client, resume: Resumption, offer: Offer) -> None:
+        """Live candles for a client in the middle of a resume (resume.py)."""
+        assert self.settings is not None
+        kept = resume.offer(offer)
+        if kept is None:
+            client.resume = None
+            client.outbox.close_slow()
+            return
+        client.outbox.send(_frames(kept, self.settings.websocket_max_frame_candles))
+        if resume.done:
+            client.resume = None
 
     def prime(self, raws: list[bytes]) -> None:
         self._remember(raws)
@@ -309,61 +396,6 @@ class WebSocketConsumer(BaseConsumer):
                 if held is None or held[0] <= fields.timestamp:
                     latest[key] = (fields.timestamp, raw)
         return keys
-
-    def _send(self, client: _Client, frames: list[bytes]) -> None:
-        if client.closing or not frames:
-            return
-        conn = client.conn
-        if client.backlog or conn.paused:
-            client.backlog.extend(frames)
-            self._after_backlog(client)
-            return
-        protocol = conn.protocol
-        if protocol.state is not State.OPEN:
-            return
-        for index, frame in enumerate(frames):
-            protocol.send_text(frame)
-            conn.send_data()
-            if conn.paused and index + 1 < len(frames):
-                client.backlog.extend(frames[index + 1 :])
-                self._after_backlog(client)
-                return
-
-    def _after_backlog(self, client: _Client) -> None:
-        assert self.settings is not None
-        if len(client.backlog) > self.settings.websocket_client_buffer:
-            self._close_slow(client)
-        elif client.flusher is None:
-            client.flusher = asyncio.create_task(self._flush(client))
-
-    def _close_slow(self, client: _Client) -> None:
-        assert self.settings is not None
-        client.closing = True
-        client.backlog.clear()
-        SLOW_CLOSED.inc()
-        limited.warning(
-            "slow", "closing a slow client %s: more than %d frames queued",
-            client.conn.remote_address, self.settings.websocket_client_buffer,
-        )  # fmt: skip
-        reason = f"client too slow: more than {self.settings.websocket_client_buffer} frames queued"
-        task = asyncio.create_task(client.conn.close(1008, reason))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _flush(self, client: _Client) -> None:
-        conn, protocol = client.conn, client.conn.protocol
-        try:
-            while client.backlog and not client.closing:
-                await conn.drain()
-                if protocol.state is not State.OPEN:
-                    break
-                while client.backlog and not conn.paused:
-                    protocol.send_text(client.backlog.popleft())
-                    conn.send_data()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            client.flusher = None
 
 
 def _frames(raws: list[bytes], per_frame: int) -> list[bytes]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import dataclass
+from decimal import Decimal
+from functools import cache
 from pathlib import Path
 
-import pytest
-
 from common.wire import Side, Trade, TradesEntry
-from tests.support.procs import TESTDATA
+from tests.support.procs import TESTDATA, need_testdata
 
 CAPTURE = TESTDATA / "cryptofeed__BYBIT.publicTrade_kline_only.jsonl"
 KLINES = TESTDATA / "cryptofeed__BYBIT.derived_kline1.csv"
@@ -47,10 +48,10 @@ TABLE = [
 
 
 def require_capture() -> None:
-    if not CAPTURE.is_file():
-        pytest.skip(f"real Bybit capture not found at {CAPTURE} (../shared/testdata is absent)")
+    need_testdata(CAPTURE.name, KLINES.name)
 
 
+@cache
 def messages(path: Path = CAPTURE) -> dict[str, list[TradesEntry]]:
     """category -> the capture's publicTrade messages as trade stream entries, in order."""
     addresses: dict[str, str] = {}
@@ -77,25 +78,76 @@ def messages(path: Path = CAPTURE) -> dict[str, list[TradesEntry]]:
 
 @dataclass(frozen=True)
 class Kline:
-    close: str
+    """One `kline.1` item Bybit pushed (derived_kline1.csv): a snapshot, or the confirm."""
+
+    category: str
+    symbol: str
+    start_ms: int
     open: str
     high: str
     low: str
+    close: str
     volume: str
     turnover: str
     confirm: bool
     timestamp_ms: int
 
 
-def klines(category: str, symbol: str, start_ms: int) -> list[Kline]:
+def all_klines() -> list[Kline]:
+    """Every kline item of the capture, in the order Bybit sent them."""
     rows = KLINES.read_text().splitlines()
     header = rows[0].split(",")
     out = []
     for line in rows[1:]:
         row = dict(zip(header, line.split(","), strict=True))
-        if (row["category"], row["symbol"], int(row["start_ms"])) == (category, symbol, start_ms):
-            out.append(
-                Kline(row["close"], row["open"], row["high"], row["low"], row["volume"],
-                      row["turnover"], row["confirm"] == "True", int(row["timestamp_ms"]))
-            )  # fmt: skip
+        out.append(
+            Kline(row["category"], row["symbol"], int(row["start_ms"]), row["open"], row["high"],
+                  row["low"], row["close"], row["volume"], row["turnover"],
+                  row["confirm"] == "True", int(row["timestamp_ms"]))
+        )  # fmt: skip
     return out
+
+
+def klines(category: str, symbol: str, start_ms: int) -> list[Kline]:
+    return [
+        k
+        for k in all_klines()
+        if (k.category, k.symbol, k.start_ms) == (category, symbol, start_ms)
+    ]
+
+
+@dataclass(frozen=True)
+class Candle:
+    """A 1m candle by Bybit's rule, computed with Decimal straight from captured trades."""
+
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    turnover: Decimal
+    trade_count: int
+    buy_volume: Decimal
+
+
+def reference(open_: Decimal, trades: list[Trade]) -> Candle:
+    """The candle opening at `open_` (the previous close) holding `trades` (in Bybit's order).
+    Buy volume from each trade's side `S`, not from anything the writer derives."""
+    prices = [Decimal(t.price) for t in trades]
+    sizes = [Decimal(t.size) for t in trades]
+    return Candle(
+        open_, max([open_, *prices]), min([open_, *prices]), prices[-1] if prices else open_,
+        sum(sizes, Decimal(0)), sum(map(operator.mul, sizes, prices), Decimal(0)), len(trades),
+        sum((s for s, t in zip(sizes, trades, strict=True) if t.side is Side.BUY), Decimal(0)),
+    )  # fmt: skip
+
+
+def trades_of(category: str, symbol: str, from_ms: int, to_ms: int) -> list[Trade]:
+    """The captured trades of one series with from_ms <= T <= to_ms, in the order sent."""
+    return [
+        t
+        for entry in messages()[category]
+        if entry.symbol == symbol
+        for t in entry.trades
+        if from_ms <= t.time_ms <= to_ms
+    ]

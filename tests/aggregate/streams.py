@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from hypothesis import strategies as st
 
+from aggregate import checkpoint
 from aggregate.candles import CandleCore, CoreConfig
 from common.decimals import PRODUCT_DIGITS, SCALE_DIGITS, parse_scaled
 from tests.aggregate.reference import CandleValue, Reference
@@ -37,20 +38,46 @@ Event = Msg | Clock | Gap
 
 
 @st.composite
-def streams(draw: st.DrawFn, start_ms: int, step_ms: int, late_ms: int) -> list[Event]:
-    """Mostly in-order messages, with clock ticks, gaps, re-sent trades and late trades."""
+def decimals(draw: st.DrawFn, low: int, high: int, digits: int) -> str:
+    """A decimal text with exactly `digits` decimals (Bybit sends the instrument's digits)."""
+    units = draw(st.integers(low, high))
+    text = str(Decimal(units).scaleb(-digits))
+    return text if "E" not in text else f"{Decimal(units).scaleb(-digits):.{digits}f}"
+
+
+@st.composite
+def streams(
+    draw: st.DrawFn,
+    start_ms: int,
+    step_ms: int,
+    late_ms: int,
+    dup_ms: int,
+    messages: tuple[int, int] = (1, 30),
+) -> list[Event]:
+    """Mostly in-order messages, with clock ticks, gaps, re-sent trades and late trades.
+
+    Prices have 1 to 8 decimals (one count per symbol, as an instrument's tick), sizes 0 to 8
+    (down to 0.00000001). A re-sent message comes within `dup_ms` of stream time of its first
+    sending (the duplicate filter's promise, aggregate.corebase).
+    """
     t = start_ms + draw(st.integers(0, step_ms * 4))
+    now = t
+    price_digits = {name: draw(st.integers(1, 8)) for name in SYMBOLS}
+    size_digits = {name: draw(st.integers(0, 8)) for name in SYMBOLS}
     events: list[Event] = []
-    sent: list[Msg] = []
+    sent: list[tuple[int, Msg]] = []
     serial = 0
-    for _ in range(draw(st.integers(1, 30))):
+    for _ in range(draw(st.integers(*messages))):
         kind = draw(st.sampled_from(["trades"] * 6 + ["clock", "gap", "dup", "late", "unordered"]))
-        if kind == "dup" and sent:
-            msg = draw(st.sampled_from(sent))
+        recent = [msg for at, msg in sent if now - at <= dup_ms]
+        if kind == "dup" and recent:
+            msg = draw(st.sampled_from(recent[-8:]))
             events.append(Msg(msg.symbol, msg.trades[: draw(st.integers(1, len(msg.trades)))]))
             continue
         if kind == "clock":
-            events.append(Clock(t + draw(st.integers(0, step_ms * 3))))
+            tick = t + draw(st.integers(0, step_ms * 3))
+            now = max(now, tick)
+            events.append(Clock(tick))
             continue
         if kind == "gap":
             names = tuple(draw(st.sets(st.sampled_from(SYMBOLS), max_size=2)))
@@ -68,13 +95,15 @@ def streams(draw: st.DrawFn, start_ms: int, step_ms: int, late_ms: int) -> list[
                 times.append(t)
             if kind == "unordered":
                 times = draw(st.permutations(times))
+        digits = price_digits[symbol]
         for time_ms in times:
             serial += 1
-            price = Decimal(draw(st.integers(9_990, 10_010))) / 100
-            size = Decimal(draw(st.integers(1, 5_000))) / 1000
-            trades.append((time_ms, str(price), str(size), draw(st.booleans()), f"id{serial}"))
+            price = draw(decimals(9_990 * 10 ** (digits - 1), 10_010 * 10 ** (digits - 1), digits))
+            size = draw(decimals(1, 5 * 10 ** size_digits[symbol], size_digits[symbol]))
+            trades.append((time_ms, price, size, draw(st.booleans()), f"id{serial}"))
         msg = Msg(symbol, tuple(trades))
-        sent.append(msg)
+        now = max(now, *times)
+        sent.append((now, msg))
         events.append(msg)
     return events
 
@@ -120,18 +149,42 @@ def scaled(value: int, digits: int = SCALE_DIGITS) -> Decimal:
     return Decimal(value).scaleb(-digits)
 
 
-def run_core(config: CoreConfig, events: list[Event]) -> Emitted:
+def _values(core: CandleCore, labels: list[str], out: Emitted) -> None:
+    for c in core.take():
+        assert c.closed
+        value: CandleValue = (
+            scaled(c.open), scaled(c.high), scaled(c.low), scaled(c.close),
+            scaled(c.volume), scaled(c.turnover, PRODUCT_DIGITS), c.trade_count,
+            scaled(c.buy_volume), c.gap,
+        )  # fmt: skip
+        out[(c.symbol, labels[c.interval], c.open_ms)].append((c.revision, value))
+
+
+def restored(core: CandleCore, seen: list[Event]) -> CandleCore:
+    """What a restart gives: the state through a checkpoint's JSON, the duplicate filter rebuilt
+    from the trades before (aggregate.shard re-reads them from the stream, with stream time)."""
+    saved = checkpoint.Checkpoint(checkpoint.VERSION, "x", "1-0", "0-0", [], core.export_state())
+    state = checkpoint.decoder.decode(checkpoint.encoder.encode(saved)).core
+    fresh = CandleCore(core.config, state)
+    now = -1
+    for event in seen:
+        if isinstance(event, Msg):
+            times = [tr[0] for tr in event.trades]
+            fresh.remember_ids(event.symbol, times, [tr[4] for tr in event.trades], now)
+            now = max(now, *(tr[0] for tr in event.trades))
+        elif isinstance(event, Clock):
+            now = max(now, event.time_ms)
+    return fresh
+
+
+def run_core(config: CoreConfig, events: list[Event], restart_at: int = -1) -> Emitted:
+    """The core's candles; `restart_at`: restored from a checkpoint before that event."""
     core = CandleCore(config)
     out: Emitted = defaultdict(list)
     labels = [interval.label for interval in config.intervals]
-    for event in events:
+    for i, event in enumerate(events):
+        if i == restart_at:
+            core = restored(core, events[:i])
         feed_core(core, event)
-        for c in core.take():
-            assert c.closed
-            value: CandleValue = (
-                scaled(c.open), scaled(c.high), scaled(c.low), scaled(c.close),
-                scaled(c.volume), scaled(c.turnover, PRODUCT_DIGITS), c.trade_count,
-                scaled(c.buy_volume), c.gap,
-            )  # fmt: skip
-            out[(c.symbol, labels[c.interval], c.open_ms)].append((c.revision, value))
+        _values(core, labels, out)
     return dict(out)

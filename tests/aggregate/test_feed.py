@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from aggregate.candles import CandleCore, CoreConfig
 from aggregate.feed import EntryFeeder, _parse
-from common.decimals import parse_scaled
+from common.decimals import SCALE, parse_scaled
 from common.intervals import parse_intervals
 from common.wire import (
     ClockEntry,
@@ -49,10 +49,13 @@ def test_entries_feed_the_core_and_bad_ones_are_reported() -> None:
     feeder = EntryFeeder(CandleCore(CONFIG))
     problems = feeder.feed(payloads)
     assert len(problems) == 3  # 1e5, Hold, not json
-    assert "bad trade of BTCUSDT" in problems[0]
+    assert (
+        problems[0] == f"bad trade of BTCUSDT at T={T0 + 1600}: not a plain decimal number: '1e5'"
+    )
     assert problems[1].startswith("bad stream entry")
     direct = EntryFeeder(CandleCore(CONFIG))
-    for payload in (payloads[0], payloads[1], payloads[6], payloads[7], payloads[8]):
+    bad_price_gap = entry_encoder.encode(GapEntry(["BTCUSDT"], T0 + 1600, T0 + 1600, "bad"))
+    for payload in (payloads[0], payloads[1], bad_price_gap, payloads[6], payloads[7], payloads[8]):
         entry = entry_decoder.decode(payload)
         if isinstance(entry, TradesEntry):
             direct.core.trades(
@@ -71,6 +74,63 @@ def test_entries_feed_the_core_and_bad_ones_are_reported() -> None:
     assert _core_json(feeder) == _core_json(direct)
 
 
+def _trade(t: int, price: str, size: str, trade_id: str) -> Trade:
+    return Trade(t, price, size, Side.BUY, trade_id)
+
+
+def test_a_bad_number_drops_its_trade_alone_and_flags_its_candles() -> None:
+    """One unparseable price in a message of four: the three others are aggregated, the bad one
+    is reported, and the candles holding its time say `gap: true` (the 1m one too)."""
+    t = T0 - T0 % 60_000 + 60_000  # a minute boundary
+    feeder = EntryFeeder(CandleCore(CONFIG))
+    feeder.core.seed("BTCUSDT", t, 100 * SCALE)
+    message = [
+        _trade(t + 100, "101.5", "1", "a"),
+        _trade(t + 1_200, "102,5", "1", "bad"),  # a comma: not a number
+        _trade(t + 1_300, "103.5", "2", "b"),
+        _trade(t + 2_100, "99.5", "0.5", "c"),
+    ]
+    problems = feeder.feed(
+        [
+            entry_encoder.encode(TradesEntry("BTCUSDT", message)),
+            entry_encoder.encode(ClockEntry(t + 60_100)),
+        ]
+    )
+    assert problems == [
+        f"bad trade of BTCUSDT at T={t + 1_200}: not a plain decimal number: '102,5'"
+    ]
+    candles = {(c.interval, c.open_ms - t): c for c in feeder.core.take()}
+    one_s = [candles[(0, ms)] for ms in (0, 1_000, 2_000, 3_000)]
+    assert [(c.trade_count, c.gap) for c in one_s] == [
+        (1, False),
+        (1, True),
+        (1, False),
+        (0, False),
+    ]
+    assert one_s[1].close == parse_scaled("103.5")
+    minute = candles[(1, 0)]
+    assert (minute.trade_count, minute.volume, minute.gap) == (3, parse_scaled("3.5"), True)
+
+
+def test_the_scale_holds_every_step_bybit_lists() -> None:
+    """Spot BABYDOGEUSDT's tick is 0.0000000000001 (13 decimals; the capture's instruments-info):
+    such a price is exact, not a refused trade."""
+    feeder = EntryFeeder(CandleCore(CONFIG))
+    t = T0 - T0 % 60_000
+    feeder.core.seed("BABYDOGEUSDT", t, parse_scaled("0.0000000012345"))
+    trades = [_trade(t + 10, "0.0000000012346", "1000000000", "x")]
+    problems = feeder.feed(
+        [
+            entry_encoder.encode(TradesEntry("BABYDOGEUSDT", trades)),
+            entry_encoder.encode(ClockEntry(t + 1_100)),
+        ]
+    )
+    assert problems == []
+    (candle,) = [c for c in feeder.core.take() if c.interval == 0]
+    assert candle.close == parse_scaled("0.0000000012346")
+    assert candle.turnover == parse_scaled("1000000000") * parse_scaled("0.0000000012346")
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     text=st.one_of(
@@ -80,12 +140,47 @@ def test_entries_feed_the_core_and_bad_ones_are_reported() -> None:
     )
 )
 def test_parse_equals_parse_scaled(text: str) -> None:
+    """The same values; and a negative price or size is refused."""
     try:
         expected: int | str = parse_scaled(text)
     except ValueError:
+        expected = "error"
+    if isinstance(expected, int) and expected < 0:
         expected = "error"
     try:
         got: int | str = _parse(text)
     except ValueError:
         got = "error"
     assert got == expected
+
+
+def test_a_seed_opens_a_cold_symbol_at_its_close_and_is_ignored_once_followed() -> None:
+    """A `seed` entry: the candle that opens at its `start` is a full candle opening at its
+    close (not the skipped partial first one); for a symbol already followed it changes
+    nothing, and a close that is not a number is reported."""
+    t = T0 - T0 % 60_000 + 60_000  # a minute boundary
+    feeder = EntryFeeder(CandleCore(CONFIG))
+    problems = feeder.feed(
+        [
+            b'{"type":"seed","symbol":"BTCUSDT","start":%d,"close":"100.5"}' % t,
+            entry_encoder.encode(TradesEntry("BTCUSDT", [_trade(t + 1_500, "101", "2", "a")])),
+            entry_encoder.encode(TradesEntry("ETHUSDT", [_trade(t + 1_500, "7", "1", "e")])),
+            # ETHUSDT is followed now; BTCUSDT's later seed changes nothing either
+            b'{"type":"seed","symbol":"ETHUSDT","start":%d,"close":"9"}' % (t + 2_000),
+            b'{"type":"seed","symbol":"BTCUSDT","start":%d,"close":"50"}' % (t + 2_000),
+            b'{"type":"seed","symbol":"SOLUSDT","start":%d,"close":"1e3"}' % t,
+            entry_encoder.encode(ClockEntry(t + 60_100)),
+        ]
+    )
+    assert problems == ["bad seed of SOLUSDT: close '1e3': not a plain decimal number: '1e3'"]
+    candles = {(c.symbol, c.interval, c.open_ms - t): c for c in feeder.core.take()}
+    minute = candles[("BTCUSDT", 1, 0)]
+    assert (minute.open, minute.high, minute.low, minute.close, minute.trade_count) == (
+        parse_scaled("100.5"), parse_scaled("101"), parse_scaled("100.5"), parse_scaled("101"), 1,
+    )  # fmt: skip
+    first_second = candles[("BTCUSDT", 0, 0)]  # empty, at the seed's close
+    assert (first_second.open, first_second.close, first_second.trade_count) == (
+        parse_scaled("100.5"), parse_scaled("100.5"), 0,
+    )  # fmt: skip
+    assert ("ETHUSDT", 1, 0) not in candles  # cold start without a seed: partial, skipped
+    assert "SOLUSDT" not in feeder.core.state.symbols

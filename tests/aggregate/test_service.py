@@ -14,6 +14,7 @@ from aggregate import checkpoint
 from aggregate.service import core_config
 from aggregate.shard import ShardAggregator
 from common.errors import LeaseLostError
+from common.intervals import parse_intervals
 from common.keys import Keys
 from common.settings import AggregateSettings
 from common.wire import (
@@ -26,6 +27,8 @@ from common.wire import (
     candle_view_decoder,
     entry_encoder,
 )
+from tests.support import replies
+from tests.support.history import latest_revisions, stored
 from tests.support.procs import Proc, python_module
 from tests.support.waiting import wait_until
 
@@ -94,6 +97,7 @@ def env(redis_url: str, prefix: str) -> dict[str, str]:
         "STREAMER_KLINE_INTERVALS": "1s,1m,5m",
         "STREAMER_AGGREGATOR_BATCH": "5",
         "STREAMER_KLINE_REVISION_WINDOW_S": "5",
+        "STREAMER_HISTORY_CANDLES": "100000",  # every candle of the run stays in the store
     }
 
 
@@ -110,7 +114,7 @@ def _id(text: str) -> tuple[int, int]:
 
 
 def klines(client: redis.Redis, keys: Keys) -> list[bytes]:
-    return [fields[STREAM_FIELD] for _, fields in client.xrange(keys.klines(0))]
+    return [fields[STREAM_FIELD] for _, fields in replies.entries(client.xrange(keys.klines(0)))]
 
 
 @pytest.mark.e2e
@@ -134,7 +138,7 @@ def test_kill9_gives_the_same_candles_as_an_uninterrupted_run(
     assert len(expected) > 1000
 
     killed = Keys("killed")
-    ids = [entry_id.decode() for entry_id, _ in client.xrange(killed.trades(0))]
+    ids = [entry_id.decode() for entry_id, _ in replies.entries(client.xrange(killed.trades(0)))]
     kills = 0
     for share in (0.15, 0.4, 0.65, 0.9):
         proc = python_module(
@@ -142,7 +146,7 @@ def test_kill9_gives_the_same_candles_as_an_uninterrupted_run(
         )
         mark = _id(ids[int(share * len(ids))])
         wait_until(
-            lambda mark=mark: _id(checkpoint_id(client, killed) or "0-0") >= mark,  # type: ignore[misc]
+            lambda mark=mark: _id(checkpoint_id(client, killed) or "0-0") >= mark,  # type: ignore[misc]  # default-bound lambda: waiting.py
             60,
             f"{share:.0%} of the stream",
         )
@@ -161,13 +165,17 @@ def test_kill9_gives_the_same_candles_as_an_uninterrupted_run(
     assert any(v.gap for v in views)
     keys = {(v.symbol, v.interval, v.timestamp, v.revision) for v in views}
     assert len(keys) == len(views)  # nothing emitted twice
+    # The history store holds the latest revision of every candle, across the kills.
+    intervals = parse_intervals(env(redis_url, "killed")["STREAMER_KLINE_INTERVALS"])
+    assert stored(client, killed, intervals) == latest_revisions(got)
+    assert stored(client, calm, intervals) == latest_revisions(expected)
 
 
 async def owned_worker(
     client: aioredis.Redis, keys: Keys, batch: int, klines_maxlen: int = 10**6
 ) -> ShardAggregator:
     """Shard 0's aggregator (1s,1m) holding its lease as "me", loaded."""
-    settings = AggregateSettings(kline_intervals="1s,1m")  # type: ignore[arg-type]
+    settings = AggregateSettings(kline_intervals="1s,1m")
     worker = ShardAggregator(
         client, keys, 0, core_config(settings), "linear", "me", batch, klines_maxlen, 1000
     )
@@ -216,7 +224,7 @@ def test_in_progress_snapshots_go_to_the_updates_stream(redis_url: str, tmp_path
     assert proc.stop() == 0
     updates = [
         candle_view_decoder.decode(fields[STREAM_FIELD])
-        for _, fields in client.xrange(keys.updates(0))
+        for _, fields in replies.entries(client.xrange(keys.updates(0)))
     ]
     assert updates
     assert all(not u.closed and u.revision == 0 for u in updates)
@@ -248,12 +256,12 @@ def test_resume_replays_from_an_older_checkpoint(
         monkeypatch.setattr(checkpoint, "CHECKPOINT_MAX_S", 3600.0)
         await run_worker(client, resumed, 20)  # a checkpoint at the first write only
         head, saved = await client.hmget(resumed.state(0), [checkpoint.HEAD, checkpoint.CHECKPOINT])
-        head_id = checkpoint.head_decoder.decode(head).last_id
-        assert _id(checkpoint.decoder.decode(saved).last_id) < _id(head_id)
+        head_id = checkpoint.head_decoder.decode(replies.value(head)).last_id
+        assert _id(checkpoint.decoder.decode(replies.value(saved)).last_id) < _id(head_id)
         assert await client.xlen(resumed.klines(0)) > 0
         await run_worker(client, resumed, None)
-        got = [f[STREAM_FIELD] for _, f in await client.xrange(resumed.klines(0))]
-        want = [f[STREAM_FIELD] for _, f in await client.xrange(calm.klines(0))]
+        got = [f[STREAM_FIELD] for _, f in replies.entries(await client.xrange(resumed.klines(0)))]
+        want = [f[STREAM_FIELD] for _, f in replies.entries(await client.xrange(calm.klines(0)))]
         assert got == want
         await client.aclose()
 
@@ -265,7 +273,10 @@ def test_a_version_1_checkpoint_gives_a_cold_start_after_its_id(redis_url: str) 
         client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
         client.response_callbacks.pop("XREAD", None)
         keys = Keys("old")
-        ids = [await client.xadd(keys.trades(0), {STREAM_FIELD: d}) for d in prepared_entries(300)]
+        ids = [
+            replies.value(await client.xadd(keys.trades(0), {STREAM_FIELD: d}))
+            for d in prepared_entries(300)
+        ]
         middle = ids[len(ids) // 2].decode()
         old = b'{"version":1,"config":"x","last_id":"%s","ids_from":"0-0","steps":[],"core":[]}'
         await client.set(keys.state(0), old % middle.encode())
@@ -274,9 +285,40 @@ def test_a_version_1_checkpoint_gives_a_cold_start_after_its_id(redis_url: str) 
         while await worker.step(block_ms=None):
             pass
         assert await client.type(keys.state(0)) == b"hash"
-        head = checkpoint.head_decoder.decode(await client.hget(keys.state(0), checkpoint.HEAD))
+        head = checkpoint.head_decoder.decode(
+            replies.value(await client.hget(keys.state(0), checkpoint.HEAD))
+        )
         assert head.last_id == ids[-1].decode()
         assert await client.xlen(keys.klines(0)) > 0
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_checkpoint_of_the_version_before_gives_a_cold_start_after_its_head(
+    redis_url: str,
+) -> None:
+    """Version 5 added the open gap repairs to the state: a version 4 checkpoint is not
+    resumed but gives a cold start after its head, as every other version does."""
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
+        client.response_callbacks.pop("XREAD", None)
+        keys = Keys("v4")
+        for data in prepared_entries(300):
+            await client.xadd(keys.trades(0), {STREAM_FIELD: data})
+        worker = await owned_worker(client, keys, 100)
+        await worker.step(block_ms=None)
+        await worker.write(full=True)
+        saved = replies.value(await client.hget(keys.state(0), checkpoint.CHECKPOINT))
+        assert saved.startswith(b'{"version":5,')
+        await client.hset(keys.state(0), checkpoint.CHECKPOINT, b'{"version":4,' + saved[13:])
+        head = checkpoint.head_decoder.decode(
+            replies.value(await client.hget(keys.state(0), checkpoint.HEAD))
+        )
+        resumed = await owned_worker(client, keys, 100)
+        assert resumed.last_id == head.last_id and resumed.core.state.symbols == {}
+        assert worker.core.state.symbols  # what a resume would have had
         await client.aclose()
 
     asyncio.run(scenario())
@@ -305,14 +347,18 @@ def test_overlapped_steps_write_what_plain_steps_write(redis_url: str) -> None:
         steps = await run_worker(client, plain, overlap=False)
         assert steps > 40  # many full batches: the prefetch path ran
         assert await run_worker(client, overlapped, overlap=True) == steps
-        got = [f[STREAM_FIELD] for _, f in await client.xrange(overlapped.klines(0))]
-        want = [f[STREAM_FIELD] for _, f in await client.xrange(plain.klines(0))]
+        got = [
+            f[STREAM_FIELD] for _, f in replies.entries(await client.xrange(overlapped.klines(0)))
+        ]
+        want = [f[STREAM_FIELD] for _, f in replies.entries(await client.xrange(plain.klines(0)))]
         assert len(want) > 100
         assert got == want
         stream_times = set()
         for keys in (plain, overlapped):
-            head = checkpoint.head_decoder.decode(await client.hget(keys.state(0), checkpoint.HEAD))
-            last = (await client.xrevrange(keys.trades(0), count=1))[0][0].decode()
+            head = checkpoint.head_decoder.decode(
+                replies.value(await client.hget(keys.state(0), checkpoint.HEAD))
+            )
+            last = replies.entries(await client.xrevrange(keys.trades(0), count=1))[0][0].decode()
             assert head.last_id == last  # every entry's candles written
             stream_times.add(head.now_ms)
         assert len(stream_times) == 1

@@ -62,12 +62,12 @@ def test_summarize_refuses_what_has_no_answer() -> None:
     with pytest.raises(ValueError, match="differ in length"):
         summarize([1, 2], [1], [True, False])
     with pytest.raises(TypeError, match="prices must be a sequence"):
-        summarize(5, [1], [True])  # type: ignore[arg-type]
+        summarize(5, [1], [True])  # type: ignore[arg-type]  # wrong on purpose
     with pytest.raises(TypeError, match="takes 3 arguments"):
-        summarize([1], [1])  # type: ignore[call-arg]
+        summarize([1], [1])  # type: ignore[call-arg]  # wrong on purpose
 
 
-@given(streams(1_786_310_000_000, 3_000, 8_000))
+@given(streams(1_786_310_000_000, 3_000, 8_000, 10_000))
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_the_core_gives_the_same_candles_with_either(events: list[Event]) -> None:
     config = CoreConfig(parse_intervals("1s,1m,5m,15m,1h,4h"), 80, 10_000, True, False)

@@ -40,6 +40,21 @@ PIPELINE_500_ONLY = (
     "Redis after 1 h of stream time (extrapolated)",
 )
 
+HISTORY = (
+    "GET /v5/market/kline limit=1000, p99",
+    "GET /v5/market/kline limit=200, p99",
+    "/v5/market/kline limit=200, 50 clients",
+    "store bytes per candle (1,000-candle sets)",
+    "store for 2,000 symbols × 6 intervals × 1,000 candles",
+    "candle delay p99 (same run, store on)",
+)
+BOUNDARY = (
+    "clock entry written − due (end + waiter)",
+    "candle written − due (aggregate: read, close, write)",
+    "arrival − candle written (publish, WebSocket)",
+    "arrival − due (candles closed by the waiter)",
+)
+
 
 def table_rows(output: str) -> list[tuple[str, str, str]]:
     """(stage, measure, value) of every body row of the markdown table."""
@@ -51,10 +66,11 @@ def table_rows(output: str) -> list[tuple[str, str, str]]:
     return rows
 
 
+@pytest.mark.timeout(420)
 def test_every_bench_module_runs_and_reports_its_rows() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke"],
-        cwd=ROOT, capture_output=True, text=True, timeout=170,
+        cwd=ROOT, capture_output=True, text=True, timeout=400,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| stage | measure | value | baseline (same run) | ratio | target |" in done.stdout
@@ -66,6 +82,13 @@ def test_every_bench_module_runs_and_reports_its_rows() -> None:
     expected = {("pipeline, 500 symbols", m) for m in PIPELINE_COMMON + PIPELINE_500_ONLY}
     for label in ("50 symbols", "2,000 symbols"):
         expected |= {(f"pipeline, {label}", m) for m in PIPELINE_COMMON}
+    history = "history, pipeline 50 symbols @ 2,000/s"
+    expected |= {(history, m) for m in HISTORY}
+    expected.add(("history, burst of 50 symbols × 6 intervals", "the store's cost per candle"))
+    expected.add((history, "candle delay p99 − waiter, with the store (median of 1)"))
+    boundary = "boundary, 500 symbols @ 2,000/s"
+    expected |= {(boundary, f"{m}, p99") for m in BOUNDARY}
+    expected.add(("publish", "postgres consumer, candles/s into PostgreSQL (batch 2000)"))
     assert sorted(expected - measures) == []
     values = [value for _, _, value in rows]
     assert all(value and "nan" not in value and "inf" not in value for value in values), values

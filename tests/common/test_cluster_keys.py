@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio.cluster import RedisCluster as AsyncCluster
-from redis.cluster import key_slot
+from redis.crc import key_slot
 
 from common.keys import Keys
 from common.leases import FENCE_LUA, ShardClaimer
@@ -47,7 +47,7 @@ async def test_leases_and_fenced_scripts_on_a_cluster(cluster: RedisCluster) -> 
     client = AsyncCluster.from_url(cluster.url)
     keys = Keys("c")
     recorder = Recorder()
-    claimer = ShardClaimer(client, keys, "aggregate", 6, None, 2000, recorder)  # type: ignore[arg-type]
+    claimer = ShardClaimer(client, keys, "aggregate", 6, None, 2000, recorder)  # type: ignore[arg-type]  # cluster as Redis: common/redisconn.py
     await claimer.step()
     assert recorder.running == set(range(6))
     write = client.register_script(

@@ -25,7 +25,7 @@ def test_sums_are_exact_where_floats_are_not() -> None:
     assert format_scaled(turnover, PRODUCT_DIGITS) == "260.4568"
 
 
-@pytest.mark.parametrize("text", ["", ".", "1e5", "1_0", " 1", "1.2.3", "abc", "1.0000000000001"])
+@pytest.mark.parametrize("text", ["", ".", "1e5", "1_0", " 1", "1.2.3", "abc", "1.00000000000001"])
 def test_rejects_anything_but_plain_decimals(text: str) -> None:
     with pytest.raises(ValueError):
         parse_scaled(text)

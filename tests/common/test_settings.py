@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from common.errors import ConfigError
@@ -67,9 +69,10 @@ def test_symbols_required_unless_loading_all(monkeypatch: pytest.MonkeyPatch) ->
     assert load_settings(IngestSettings).bybit_load_all_symbols
 
 
-def test_publish_and_aggregate_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_publish_and_aggregate_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("STREAMER_ENABLED_CONSUMERS", "console,redis")
-    monkeypatch.setenv("STREAMER_WEBSOCKET_TLS_CERT", "/tmp/cert.pem")
+    (tmp_path / "cert.pem").write_text("not checked here")
+    monkeypatch.setenv("STREAMER_WEBSOCKET_TLS_CERT", str(tmp_path / "cert.pem"))
     with pytest.raises(ConfigError, match="go together"):
         load_settings(PublishSettings)
     monkeypatch.delenv("STREAMER_WEBSOCKET_TLS_CERT")
@@ -113,3 +116,86 @@ def test_env_example_lists_exactly_the_known_settings() -> None:
     text = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
     listed = {line.split("=", 1)[0] for line in text.splitlines() if line.startswith("STREAMER_")}
     assert listed == set(known_variables()) - {"STREAMER_ENV_FILE"}
+
+
+def test_intervals_of_one_length_are_different_and_spellings_are_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STREAMER_KLINE_INTERVALS", "1M,30d,1w,7d,60m")
+    labels = [i.label for i in load_settings(AggregateSettings).kline_intervals]
+    assert labels == ["1h", "7d", "1w", "30d", "1M"]
+    monkeypatch.setenv("STREAMER_KLINE_INTERVALS", "60m,1h")
+    with pytest.raises(ConfigError) as err:
+        load_settings(AggregateSettings)
+    assert str(err.value) == (
+        "STREAMER_KLINE_INTERVALS: interval '1h' repeats '60m' (got '60m,1h')"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "port"), [("9100", 9100), ("9100+2", 9102), ("9100+3+1", 9104), ("0+5", 0)]
+)
+def test_metrics_port_base_plus_offsets(
+    monkeypatch: pytest.MonkeyPatch, text: str, port: int
+) -> None:
+    monkeypatch.setenv("STREAMER_METRICS_PORT", text)
+    assert load_settings(AggregateSettings).metrics_port == port
+
+
+def test_metrics_port_bad_offset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMER_METRICS_PORT", "9100+x")
+    with pytest.raises(ConfigError, match="STREAMER_METRICS_PORT: '9100\\+x': use a port"):
+        load_settings(AggregateSettings)
+
+
+KUBERNETES_NAMES = {
+    "STREAMER_SERVICE_HOST": "10.0.0.7",
+    "STREAMER_SERVICE_PORT": "9500",
+    "STREAMER_SERVICE_PORT_FEED": "9500",
+    "STREAMER_PORT": "tcp://10.0.0.7:9500",
+    "STREAMER_PORT_9500_TCP": "tcp://10.0.0.7:9500",
+    "STREAMER_PORT_9500_TCP_PROTO": "tcp",
+    "STREAMER_PORT_9500_TCP_PORT": "9500",
+    "STREAMER_PORT_9500_TCP_ADDR": "10.0.0.7",
+}
+
+
+def test_names_kubernetes_injects_are_ignored_with_a_debug_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from common.logs import setup_logging
+    from common.settings import LogFormat, take_notes
+
+    take_notes()
+    for name, value in KUBERNETES_NAMES.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings(PublishSettings).websocket_port == 9500
+    setup_logging("DEBUG", LogFormat.TEXT, "test")  # emits the notes kept until logging is up
+    try:
+        err = capsys.readouterr().err
+    finally:
+        logging.getLogger().handlers.clear()
+        logging.getLogger().setLevel(logging.WARNING)
+    for name in KUBERNETES_NAMES:
+        assert f"DEBUG test common.settings: {name}: ignored (a name Kubernetes injects" in err
+    # a real typo next to them is still refused
+    monkeypatch.setenv("STREAMER_WEBSOCKET_PROT", "9501")
+    with pytest.raises(ConfigError, match="STREAMER_WEBSOCKET_PROT: unknown setting; did you mean"):
+        load_settings(PublishSettings)
+
+
+@pytest.mark.parametrize(
+    "symbol", ["BTCUSDT", "BTC-26DEC25", "BTCUSDT-26DEC25", "BTC-26DEC25-100000-C", "1000PEPEUSDT"]
+)
+def test_every_bybit_symbol_shape_is_accepted(monkeypatch: pytest.MonkeyPatch, symbol: str) -> None:
+    monkeypatch.setenv("STREAMER_BYBIT_SYMBOLS", f"ETHUSDT,{symbol}")
+    assert load_settings(IngestSettings).bybit_symbols == ["ETHUSDT", symbol]
+
+
+@pytest.mark.parametrize("symbol", ["btcusdt", "BTC USDT", "-BTC", "B"])
+def test_non_symbols_are_refused(monkeypatch: pytest.MonkeyPatch, symbol: str) -> None:
+    monkeypatch.setenv("STREAMER_BYBIT_SYMBOLS", symbol)
+    with pytest.raises(ConfigError, match="not Bybit symbols"):
+        load_settings(IngestSettings)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from ingest.rest import fetch_instruments_sync
 from ingest.shards import IngestShards
 from ingest.writer import Writer
 from tests.ingest.e2e_support import start_simulator
+from tests.support import replies
 from tests.support.waiting import async_wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
@@ -44,21 +46,25 @@ async def test_a_hand_back_during_a_reconnect_reports_the_open_window(
         shard = shard_of(symbols[0], 2)
         mine = [s for s in symbols if shard_of(s, 2) == shard]
         await client.set(KEYS.lease("ingest", shard), TOKEN)
-        writer = Writer(
-            client, KEYS, TOKEN, clock_interval_ms=50, buffer_max=10_000, batch_max=100,
+        open_writer = partial(
+            Writer, client, KEYS, TOKEN, clock_interval_ms=50, buffer_max=10_000, batch_max=100,
             retention_s=3600,
         )  # fmt: skip
-        shards = IngestShards(client, KEYS, 2, writer, tasks, 5.0)
-        shards.symbols = symbols
-        pool = shards.pool = Pool(
-            sim.ws_url, Category.LINEAR, 1, ping_interval_s=1.0, dead_after_s=3.0,
-            on_trades=shards.on_trades, on_gap=shards.on_gap, tasks=tasks, stop=pool_stop,
+        open_pool = partial(
+            Pool, sim.ws_url, Category.LINEAR, 1, ping_interval_s=1.0, dead_after_s=3.0,
+            tasks=tasks, stop=pool_stop,
         )  # fmt: skip
+        shards = IngestShards(
+            client, KEYS, 2, tasks, 5.0, open_writer=open_writer, open_pool=open_pool,
+            symbols=symbols,
+        )  # fmt: skip
+        writer = shards.writer
+        pool = shards.pool
         tasks.spawn(writer.run(writer_stop), name="writer")
         await shards.start_shard(shard)
 
         async def entries() -> list[object]:
-            rows = await client.xrange(KEYS.trades(shard))
+            rows = replies.entries(await client.xrange(KEYS.trades(shard)))
             return [entry_decoder.decode(fields[b"data"]) for _, fields in rows]
 
         async def trades_written() -> bool:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import io
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.datastructures import Headers
@@ -18,9 +21,17 @@ from ingest.bybit.instruments import Instrument
 from ingest.classify import Verdict, classify
 from ingest.connection import DeadConnectionError
 from ingest.dedup import Deduper, RecentIds
-from ingest.replay_sources import merged, read_any, read_capture, read_csv, seconds_text_to_ms
+from ingest.replay_sources import (
+    Item,
+    Record,
+    merged,
+    read_any,
+    read_capture,
+    read_csv,
+    seconds_text_to_ms,
+)
 from ingest.symbols import refreshed_symbols, select_symbols
-from tests.support.procs import TESTDATA
+from tests.support.procs import TESTDATA, need_testdata
 
 
 def _status(code: int) -> InvalidStatus:
@@ -74,6 +85,9 @@ def test_deduper_drops_repeats_and_keeps_order() -> None:
     dedup.seed("C", ["9"])
     assert dedup.fresh("C", [_t("9")]) == []
     assert dedup.dropped == 3
+    dedup.unsee("A", ["1", "3"])  # dropped unwritten (ingest.writer's on_dropped)
+    assert dedup.fresh("A", [_t("1"), _t("2"), _t("3")]) == [_t("1"), _t("3")]
+    dedup.unsee("Z", ["1"])  # a symbol it never saw: nothing to do
 
 
 INSTRUMENTS = [Instrument(s, "Trading") for s in ("ETHUSDT", "BTCUSDT", "SOLUSDT")] + [
@@ -81,8 +95,8 @@ INSTRUMENTS = [Instrument(s, "Trading") for s in ("ETHUSDT", "BTCUSDT", "SOLUSDT
 ]
 
 
-def _settings(**env: object) -> IngestSettings:
-    return IngestSettings(_env_file=None, **env)  # type: ignore[call-arg]
+def _settings(**env: Any) -> IngestSettings:
+    return IngestSettings(_env_file=None, **env)
 
 
 def test_load_all_symbols_is_alphabetical_and_capped() -> None:
@@ -135,12 +149,21 @@ def test_csv_newest_first_and_oldest_first_give_the_same_records(tmp_path: Path)
     with gzip.open(oldest, "wt") as handle:
         handle.write(CSV_HEAD + "".join(reversed(rows)))
     for path in (newest, oldest):
-        records = read_any(path, Category.LINEAR)
+        records = _records(read_any(path, Category.LINEAR))
         assert [(r.time_ms, [t.trade_id for t in r.trades]) for r in records] == [
             (1585180699500, ["a"]),
             (1585180700064, ["b", "c"]),  # one ms, one symbol: one entry, in trade order
         ]
         assert records[1].trades[1] == Trade(1585180700064, "6698.5", "0.042", Side.BUY, "c")
+
+
+def _records(items: Iterator[Item]) -> list[Record]:
+    """The items of an archive: records only (seeds come from a capture's klines)."""
+    out = []
+    for item in items:
+        assert isinstance(item, Record), item
+        out.append(item)
+    return out
 
 
 def test_csv_with_wrong_columns_is_refused(tmp_path: Path) -> None:
@@ -153,18 +176,62 @@ def test_csv_with_wrong_columns_is_refused(tmp_path: Path) -> None:
 def test_recorded_archive_and_capture() -> None:
     archive = TESTDATA / "liquidity-migration__bybit-trades.csv"
     capture = TESTDATA / "cryptofeed__BYBIT.jsonl.zst"
-    if not archive.exists():
-        pytest.skip(f"{TESTDATA} is absent (real Bybit captures are not in the repo)")
-    records = read_csv(archive)
+    need_testdata(archive.name, capture.name)
+    records = list(read_csv(archive))
     assert sum(len(r.trades) for r in records) == 64
     assert records[0].time_ms == 1585174319860
     assert records[-1].trades[-1].trade_id == "08ff9568-cb50-55d6-b497-13727eec09dc"
     times = [r.time_ms for r in records]
     assert times == sorted(times)
-    linear = read_capture(capture, Category.LINEAR)
-    spot = read_capture(capture, Category.SPOT)
-    assert sum(len(r.trades) for r in linear) == 327
-    assert sum(len(r.trades) for r in spot) == 20
+    linear = list(read_capture(capture, Category.LINEAR))
+    spot = list(read_capture(capture, Category.SPOT))
+    # a capture's confirmed klines give seeds too (ingest/replay_sources.py): trades are in records
+    assert sum(len(r.trades) for r in linear if isinstance(r, Record)) == 327
+    assert sum(len(r.trades) for r in spot if isinstance(r, Record)) == 20
     assert {r.symbol for r in linear} == {"BTCUSDT", "ETHUSDT", "SOLUSDT", "DOGEUSDT"}
-    both = list(merged([linear, records]))
+    both = list(merged([iter(linear), iter(records)]))
     assert [r.time_ms for r in both] == sorted(r.time_ms for r in both)
+
+
+def test_newest_first_archive_is_reversed_a_chunk_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many chunks through the temporary file give the records a whole-file reverse gives."""
+    rows = [
+        f"1585180{700 - i // 3}.{(999 - i) % 1000:03d},BTCUSDT,Buy,0.{i + 1:03d},6698.5,"
+        f"PlusTick,id{i},1\n"
+        for i in range(100)
+    ]  # newest first, three rows a second
+    path = tmp_path / "n.csv"
+    path.write_text(CSV_HEAD + "".join(rows))
+    expected = list(read_csv(path))
+    monkeypatch.setattr("ingest.replay_sources.REVERSE_CHUNK_ROWS", 7)
+    chunked = list(read_csv(path))
+    assert chunked == expected
+    times = [r.time_ms for r in chunked]
+    assert times == sorted(times) and len(times) > 50
+    assert [t.trade_id for r in chunked for t in r.trades] == [
+        f"id{i}" for i in reversed(range(100))
+    ]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_replay_progress_is_a_bar_on_a_terminal_and_log_lines_elsewhere(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from ingest.replay import Progress
+
+    terminal = _Terminal()
+    bar = Progress(1000, terminal)
+    bar.update(1234, 500, final=True)
+    shown = terminal.getvalue()
+    assert "replay" in shown and "50%" in shown and "1,234 trades" in shown and "trades/s" in shown
+    piped = io.StringIO()
+    with caplog.at_level("INFO", logger="ingest.replay"):
+        Progress(1000, piped).update(1234, 1000, final=True)
+    assert piped.getvalue() == ""
+    assert "replay: 1,234 trades" in caplog.text and "100.0% of the input read" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,13 @@ import redis.asyncio as aioredis
 from common.keys import Keys
 from common.lifecycle import TaskSet
 from common.sharding import shard_of
-from common.wire import Category
+from common.wire import Category, SymbolsEntry, entry_decoder
 from ingest.bybit.instruments import trading_symbols
 from ingest.rest import fetch_instruments_sync
 from ingest.shards import IngestShards
 from ingest.writer import Writer
 from tests.ingest.e2e_support import start_simulator
+from tests.support import replies
 
 
 @pytest.mark.e2e
@@ -52,14 +54,18 @@ async def test_refresh_subscribes_listings_of_owned_shards_and_drops_delistings(
 ) -> None:
     client = aioredis.Redis.from_url(redis_url)
     keys = Keys("t")
-    writer = Writer(
-        client, keys, "tok", clock_interval_ms=5, buffer_max=100, batch_max=10, retention_s=60
-    )
-    shards = IngestShards(client, keys, 2, writer, TaskSet(), 1.0)
+    open_writer = partial(
+        Writer, client, keys, "tok", clock_interval_ms=5, buffer_max=100, batch_max=10,
+        retention_s=60,
+    )  # fmt: skip
     pool = FakePool()
-    shards.pool = pool  # type: ignore[assignment]
     old = ["AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT"]
-    shards.symbols = old
+    shards = IngestShards(
+        client, keys, 2, TaskSet(), 1.0, open_writer=open_writer,
+        open_pool=lambda **hooks: pool,  # type: ignore[arg-type]  # a fake connection pool
+        symbols=old,
+    )  # fmt: skip
+    writer = shards.writer
     owned = shard_of("AAAUSDT", 2)
     shards.own(owned, [s for s in old if shard_of(s, 2) == owned])
     new_symbols = ["EEEUSDT", "FFFUSDT", "GGGUSDT", "HHHUSDT"]
@@ -68,4 +74,12 @@ async def test_refresh_subscribes_listings_of_owned_shards_and_drops_delistings(
     assert mine  # the names above put at least one new listing in the owned shard
     assert pool.calls == [("remove", ["BBBUSDT", "DDDUSDT"]), ("add", mine)]
     assert shards.symbols == sorted(["AAAUSDT", "CCCUSDT", *new_symbols])
+    # The owned shard's stream says which symbols it serves now (the aggregator ends the rest).
+    await client.set(keys.lease("ingest", owned), "tok")
+    await writer.flush_once(None)
+    rows = replies.entries(await client.xrange(keys.trades(owned)))
+    entries = [entry_decoder.decode(fields[b"data"]) for _, fields in rows]
+    assert [e.symbols for e in entries if isinstance(e, SymbolsEntry)] == [
+        sorted(s for s in ["AAAUSDT", "CCCUSDT", *new_symbols] if shard_of(s, 2) == owned)
+    ]
     await client.aclose()

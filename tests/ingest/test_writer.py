@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -10,7 +11,8 @@ import redis.asyncio as aioredis
 from common.keys import Keys
 from common.wire import ClockEntry, GapEntry, Side, Trade, TradesEntry, entry_decoder
 from ingest.shards import read_tail
-from ingest.writer import Writer
+from ingest.writer import Item, Writer
+from tests.support import replies
 from tests.support.redisproc import RedisProcess
 from tests.support.waiting import async_wait_until
 
@@ -25,19 +27,29 @@ def _trades(n: int, start: int = 0, time_ms: int = 1000) -> list[Trade]:
 
 
 async def _entries(client: aioredis.Redis, shard: int) -> list[object]:
-    rows = await client.xrange(KEYS.trades(shard))
+    rows = replies.entries(await client.xrange(KEYS.trades(shard)))
     return [entry_decoder.decode(fields[b"data"]) for _, fields in rows]
 
 
-def _writer(client: aioredis.Redis, **kw: int) -> Writer:
-    options = {
-        "clock_interval_ms": 5,
-        "buffer_max": 1000,
-        "batch_max": 100,
-        "retention_s": 3600,
-        **kw,
-    }
-    return Writer(client, KEYS, TOKEN, **options)
+def _writer(
+    client: aioredis.Redis,
+    *,
+    clock_interval_ms: int = 5,
+    buffer_max: int = 1000,
+    batch_max: int = 100,
+    retention_s: int = 3600,
+    **hooks: Any,  # on_gap, on_dropped: the writer's defaults when not given
+) -> Writer:
+    return Writer(
+        client,
+        KEYS,
+        TOKEN,
+        clock_interval_ms=clock_interval_ms,
+        buffer_max=buffer_max,
+        batch_max=batch_max,
+        retention_s=retention_s,
+        **hooks,
+    )
 
 
 async def test_entries_in_order_then_a_clock_entry(redis_url: str) -> None:
@@ -65,7 +77,9 @@ async def test_entries_in_order_then_a_clock_entry(redis_url: str) -> None:
 async def test_a_stale_owner_writes_nothing(redis_url: str) -> None:
     client = aioredis.Redis.from_url(redis_url)
     await client.set(KEYS.lease("ingest", 1), "someone-else")
-    writer = _writer(client)
+    dropped: list[Item] = []
+    # the duplicate filter forgets them (ingest.shards)
+    writer = _writer(client, on_dropped=dropped.extend)
     writer.ready.add(1)
     writer.put_trades(1, "ETHUSDT", _trades(3), 1, 1)
     stop = asyncio.Event()
@@ -73,13 +87,28 @@ async def test_a_stale_owner_writes_nothing(redis_url: str) -> None:
     await writer.flush_once(stop)
     assert await client.exists(KEYS.trades(1)) == 0
     assert 1 not in writer.ready
+    assert [(i.shard, i.symbol, i.trades) for i in dropped if i.trades] == [(1, "ETHUSDT", 3)]
+    # a discard (the shard was served by another replica) drops what is queued, said so too
+    dropped.clear()
+    writer.put_trades(2, "SOLUSDT", _trades(2, 10), 1, 1)
+    writer.put_trades(0, "BTCUSDT", _trades(1, 20), 1, 1)
+    assert writer.discard(2) == 1
+    assert [(i.shard, i.symbol) for i in dropped] == [(2, "SOLUSDT")]
     await client.aclose()
 
 
 async def test_redis_down_buffers_drops_oldest_and_writes_a_gap(own_redis: RedisProcess) -> None:
     client = aioredis.Redis.from_url(own_redis.url, socket_connect_timeout=0.5)
     await client.set(KEYS.lease("ingest", 0), TOKEN)
-    writer = _writer(client, buffer_max=100, batch_max=10)
+    repairs: list[tuple[int, list[str], int, int]] = []
+    dropped: list[Item] = []
+    writer = _writer(
+        client,
+        buffer_max=100,
+        batch_max=10,
+        on_gap=lambda *gap: repairs.append(gap),  # what ingest.repair is asked
+        on_dropped=dropped.extend,
+    )
     writer.ready.add(0)
     stop = asyncio.Event()
     task = asyncio.create_task(writer.run(stop))
@@ -113,6 +142,9 @@ async def test_redis_down_buffers_drops_oldest_and_writes_a_gap(own_redis: Redis
         assert gap.symbols == ["AUSDT", "BUSDT"]
         assert gap.reason == "buffer-overflow"
         assert gap.from_ms <= 100 + min(missing) and gap.to_ms >= 100 + max(missing)
+        assert repairs == [(0, gap.symbols, gap.from_ms, gap.to_ms)]  # the repair is asked
+        dropped_ids = {int(i.payload.split(b'"id')[1].split(b'"')[0]) for i in dropped}
+        assert dropped_ids == missing  # and the duplicate filter told to forget them
     finally:
         await client.aclose()
         restarted.stop()
@@ -154,7 +186,7 @@ async def test_trim_by_age_removes_old_entries(redis_url: str) -> None:
     await writer._maybe_trim()
     left = await client.xlen(stream)
     assert left < 200  # approximate trim: whole nodes go, the new entry stays
-    assert (await client.xrevrange(stream, count=1))[0][0] != b"500-0"
+    assert replies.entries(await client.xrevrange(stream, count=1))[0][0] != b"500-0"
     await client.aclose()
 
 
@@ -213,3 +245,24 @@ async def test_a_write_retried_after_a_lost_reply_is_applied_once(redis_url: str
     assert await writer._write([i for i in writer._take_batch() if i.trades]) == []
     assert len(await _entries(client, 2)) == 3
     await client.aclose()
+
+
+async def test_every_shards_part_of_a_batch_is_sent_at_once(redis_url: str) -> None:
+    """One round trip for all shards, not one after the other (each shard's clock entry
+    reaches Redis without waiting for the other shards' parts): the parts travel on as many
+    connections at once."""
+    client = aioredis.Redis.from_url(redis_url, client_name="writer")
+    probe = aioredis.Redis.from_url(redis_url)
+    for shard in range(4):
+        await probe.set(KEYS.lease("ingest", shard), TOKEN)
+    writer = _writer(client)
+    for shard in range(4):
+        writer.put_trades(shard, "BTCUSDT", _trades(3, 10 * shard), 2000, 3000)
+    assert await writer.flush_once(None)
+    listed = await probe.client_list()
+    assert len([c for c in listed if c["name"] == "writer"]) == 4, listed
+    for shard in range(4):  # each part written, once
+        assert [e.trades[0].trade_id for e in await _entries(probe, shard)
+                if isinstance(e, TradesEntry)] == [f"id{10 * shard}"]  # fmt: skip
+    await client.aclose()
+    await probe.aclose()

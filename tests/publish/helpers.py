@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -66,8 +67,8 @@ def xadd_candles(client: redis.Redis, raws: list[bytes], shards: int = 2) -> Non
     pipe.execute()
 
 
-def ws_settings(port: int, **overrides: object) -> PublishSettings:
-    values: dict[str, object] = {
+def ws_settings(port: int, **overrides: Any) -> PublishSettings:
+    values: dict[str, Any] = {
         "redis_prefix": PREFIX,
         "websocket_host": "127.0.0.1",
         "websocket_port": port,
@@ -76,7 +77,7 @@ def ws_settings(port: int, **overrides: object) -> PublishSettings:
         "websocket_ping_interval_s": 5.0,
     }
     values.update(overrides)
-    return PublishSettings(_env_file=None, **values)  # type: ignore[call-arg]
+    return PublishSettings(_env_file=None, **values)
 
 
 def basic(user: str = USER, key: str = KEY) -> dict[str, str]:

@@ -54,7 +54,7 @@ def test_register_and_create_by_name() -> None:
 
 def test_not_a_consumer_class_is_refused() -> None:
     with pytest.raises(TypeError, match="is not a BaseConsumer subclass"):
-        ConsumerManager.register_consumer("recorder", dict)  # type: ignore[arg-type]
+        ConsumerManager.register_consumer("recorder", dict)  # type: ignore[arg-type]  # on purpose
 
 
 def test_unknown_names_and_failed_validation_are_one_line_each() -> None:

@@ -17,6 +17,7 @@ from publish.consumers.base import BaseConsumer
 from publish.reader import GroupReader, PositionReader
 from publish.service import PublishService
 from tests.publish.helpers import PREFIX, series, ws_settings, xadd_candles
+from tests.support import replies
 from tests.support.waiting import async_wait_until
 
 pytestmark = pytest.mark.redis
@@ -136,7 +137,8 @@ async def test_group_reader_rereads_own_pending_and_claims_a_dead_replicas(
     # r2 reads the last two and dies; r3 claims them once idle long enough.
     r2 = GroupReader(client, keys, 1, "g", "r2", claim_idle_ms=100, cluster=cluster)
     await r2.start()
-    assert (await r2.read(100, 10)).raws == raws[4:]  # type: ignore[union-attr]
+    tail = await r2.read(100, 10)
+    assert tail is not None and tail.raws == raws[4:]
     r3 = GroupReader(client, keys, 1, "g", "r3", claim_idle_ms=100, cluster=cluster)
     await r3.start()
     await asyncio.sleep(0.15)  # the idle time is the subject here, not a wait for an event
@@ -233,9 +235,9 @@ async def test_redis_consumer_publishes_and_acks_atomically(redis_url: str) -> N
     consumer.validate()
     await consumer.setup()
     await consumer.start()
-    listener = sync.pubsub()
+    listener = sync.pubsub()  # type: ignore[no-untyped-call]  # unannotated in redis-py
     listener.subscribe(settings.redis_channel)
-    assert listener.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+    assert listener.get_message(timeout=5)["type"] == "subscribe"
     batch = await reader.read(100, 10)
     assert batch is not None and len(batch) == 5
     await consumer.consume_batch(batch)
@@ -244,9 +246,142 @@ async def test_redis_consumer_publishes_and_acks_atomically(redis_url: str) -> N
     await consumer.consume_batch(batch)  # the same batch again: nothing more is published
     got: list[bytes] = []
     while (message := listener.get_message(timeout=0.5)) is not None:
-        got.extend(msgspec.json.decode(message["data"], type=list[msgspec.Raw]))  # type: ignore[arg-type]
+        got.extend(msgspec.json.decode(message["data"], type=list[msgspec.Raw]))
     assert sorted(bytes(raw) for raw in got) == sorted(raws)
     await consumer.stop()
     listener.close()
     await client.aclose()
+    sync.close()
+
+
+class Flaky(BaseConsumer):
+    """Fails its first `failures` calls (a database sink's hiccup), then records."""
+
+    def __init__(self, name: str, failures: int) -> None:
+        super().__init__(name)
+        self.failures = failures
+        self.calls = 0
+        self.got: list[dict[str, Any]] = []
+
+    async def consume(self, data: list[dict[str, Any]]) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RuntimeError(f"hiccup {self.calls}")
+        self.got.extend(data)
+
+
+def _positions(sync: redis.Redis, consumer: str) -> dict[bytes, Any]:
+    out: dict[bytes, Any] = {}
+    for key in sync.keys(f"{PREFIX}:*:pos:{consumer}:*"):
+        kind = sync.type(key)
+        out[replies.value(key)] = sync.hgetall(key) if kind == b"hash" else sync.get(key)
+    return out
+
+
+async def _run_until(service: PublishService, stop: asyncio.Event) -> asyncio.Task[None]:
+    task = asyncio.create_task(service.run(stop))
+    await async_wait_until(lambda: _true(service.ready.is_set()), what="publish ready")
+    return task
+
+
+async def test_a_failing_consumer_gets_the_same_batch_again(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("publish.runner.RETRY_BASE_S", 0.05)
+    settings = ws_settings(1, redis_url=redis_url, shards=2, publish_batch=10)
+    flaky = Flaky("flaky", failures=3)
+    flaky.settings = settings
+    service = PublishService(settings, [flaky])
+    stop = asyncio.Event()
+    task = await _run_until(service, stop)
+    sync = redis.Redis.from_url(redis_url)
+    raws = series(40)
+    xadd_candles(sync, raws)
+    await async_wait_until(lambda: _true(len(flaky.got) >= 40), what="every candle, once")
+    # nothing skipped, nothing twice: the failed batch was handed over again until it went in
+    assert sorted(flaky.got, key=repr) == sorted(map(msgspec.json.decode, raws), key=repr)
+    assert flaky.calls > 3 and service.health()[0]
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    sync.close()
+
+
+async def test_a_consumer_failing_too_often_is_stopped_loudly_with_its_position_kept(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("publish.runner.RETRY_BASE_S", 0.05)
+    settings = ws_settings(
+        1, redis_url=redis_url, shards=2, publish_batch=10, consumer_max_failures=3
+    )
+    broken, good = Flaky("sink", failures=10**9), Recorder()
+    for consumer in (broken, good):
+        consumer.settings = settings
+    service = PublishService(settings, [broken, good])
+    stop = asyncio.Event()
+    task = await _run_until(service, stop)
+    sync = redis.Redis.from_url(redis_url)
+    await async_wait_until(lambda: _true(len(_positions(sync, "sink")) == 2), what="positions")
+    before = _positions(sync, "sink")
+    raws = series(30)
+    xadd_candles(sync, raws)
+    await async_wait_until(lambda: _true(len(good.got) == 30), what="the good consumer's candles")
+    (runner,) = [r for r in service.runners if r.name == "sink"]
+    await async_wait_until(lambda: _true(runner.failed is not None), what="the sink stopped")
+    ok, reason = service.health()
+    assert not ok and "sink: stopped after 3 failures" in reason
+    assert REGISTRY.gauge("publish_consumer_stopped", "").get("sink") == 1
+    assert broken.calls == 3 and _positions(sync, "sink") == before
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+    # After a restart (the sink fixed), it resumes at the kept position: every candle arrives.
+    fixed = Recorder("sink")
+    fixed.settings = settings
+    again = PublishService(settings, [fixed])
+    stop = asyncio.Event()
+    task = await _run_until(again, stop)
+    await async_wait_until(lambda: _true(len(fixed.got) == 30), what="the kept candles")
+    assert sorted(fixed.got, key=repr) == sorted(map(msgspec.json.decode, raws), key=repr)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    sync.close()
+
+
+class FailsOnFirst(BaseConsumer):
+    """Fails every batch that holds the first candle written; handles the others."""
+
+    def __init__(self, name: str, first: dict[str, Any]) -> None:
+        super().__init__(name)
+        self.first = first
+        self.calls = 0
+        self.got: list[dict[str, Any]] = []
+
+    async def consume(self, data: list[dict[str, Any]]) -> None:
+        self.calls += 1
+        if self.first in data:
+            raise RuntimeError("cannot store this one")
+        self.got.extend(data)
+
+
+async def test_a_batch_failing_at_shutdown_keeps_the_later_ones_from_moving_the_position(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("publish.runner.RETRY_BASE_S", 0.05)
+    settings = ws_settings(1, redis_url=redis_url, shards=1, publish_batch=10)
+    raws = series(40)
+    consumer = FailsOnFirst("sink", msgspec.json.decode(raws[0]))
+    consumer.settings = settings
+    service = PublishService(settings, [consumer])
+    stop = asyncio.Event()
+    task = await _run_until(service, stop)
+    sync = redis.Redis.from_url(redis_url)
+    await async_wait_until(lambda: _true(len(_positions(sync, "sink")) == 1), what="positions")
+    before = _positions(sync, "sink")
+    xadd_candles(sync, raws, shards=1)
+    (runner,) = service.runners
+    await async_wait_until(lambda: _true(consumer.calls >= 3 and runner._queue.qsize() >= 1),
+                           what="retries, later batches queued")  # fmt: skip
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert consumer.got == [] and _positions(sync, "sink") == before
     sync.close()

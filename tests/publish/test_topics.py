@@ -64,3 +64,10 @@ def test_same_topics_share_a_key() -> None:
     a.subscribe(["1m.BTCUSDT", "5m.*"])
     b.subscribe(["5m.*", "60s.BTCUSDT"])
     assert a.key == b.key
+
+
+@pytest.mark.parametrize("symbol", ["BTC-26DEC25", "BTCUSDT-26DEC25", "BTC-26DEC25-100000-C"])
+def test_topics_take_every_bybit_symbol_shape(symbol: str) -> None:
+    topic = parse_topic(f"1m.{symbol}")
+    assert topic.matches((60_000, symbol)) and not topic.matches((60_000, "BTCUSDT"))
+    assert parse_topic("*.*-26DEC25*").matches((60_000, symbol))

@@ -8,6 +8,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -54,7 +55,7 @@ async def _true(value: bool) -> bool:
     return value
 
 
-async def recv_json(conn: ClientConnection) -> object:
+async def recv_json(conn: ClientConnection) -> Any:
     return msgspec.json.decode(await asyncio.wait_for(conn.recv(), 5))
 
 
@@ -113,7 +114,8 @@ async def test_health_path_and_unknown_path(server: WebSocketConsumer) -> None:
     with pytest.raises(InvalidStatus) as err:
         await connect(url(server) + "other", additional_headers=basic())
     assert err.value.response.status_code == 404
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.settings.websocket_port)  # type: ignore[union-attr]
+    assert server.settings is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.settings.websocket_port)
     writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert (await reader.read(100)).startswith(b"HTTP/1.1 200")
     writer.close()
@@ -220,8 +222,8 @@ async def test_frames_hold_up_to_max_frame_candles() -> None:
         raws = series(7)
         await feed(consumer, raws)
         frames = [await recv_json(conn) for _ in range(3)]
-        assert [len(f) for f in frames] == [3, 3, 1]  # type: ignore[arg-type]
-        assert [c for f in frames for c in f] == [msgspec.json.decode(r) for r in raws]  # type: ignore[attr-defined]
+        assert [len(f) for f in frames] == [3, 3, 1]
+        assert [c for f in frames for c in f] == [msgspec.json.decode(r) for r in raws]
         # The exact digits survive: no float noise.
         exact = candle(close="0.30000000000000000001")
         assert await _raw_frame(consumer, conn, [exact]) == b"[" + exact + b"]"
@@ -251,7 +253,7 @@ async def test_100_concurrent_clients_each_get_every_candle(server: WebSocketCon
     async def receive_all(conn: ClientConnection) -> list[object]:
         got: list[object] = []
         while len(got) < len(expected):
-            got.extend(await recv_json(conn))  # type: ignore[arg-type]
+            got.extend(await recv_json(conn))
         return got
 
     results = await asyncio.gather(*(receive_all(c) for c in conns))
@@ -279,7 +281,8 @@ async def test_a_client_that_stops_reading_is_closed_and_never_delays_the_others
         # The stalled client: a small receive buffer, and it never reads.
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", consumer.settings.websocket_port))  # type: ignore[union-attr]
+        assert consumer.settings is not None
+        sock.connect(("127.0.0.1", consumer.settings.websocket_port))
         stalled = await connect(
             url(consumer), sock=sock, additional_headers=basic(), compression=None, max_queue=1
         )
@@ -287,7 +290,7 @@ async def test_a_client_that_stops_reading_is_closed_and_never_delays_the_others
         await async_wait_until(lambda: _true(len(consumer._clients) == 2), what="2 clients")
 
         def open_clients() -> list[_Client]:
-            return [c for c in consumer._clients if not c.closing]
+            return [c for c in consumer._clients if not c.outbox.closing]
 
         big = series(1000, symbols=50)  # 100 frames of 10 candles, ~3.5 KB each
         delays: list[float] = []
@@ -296,15 +299,20 @@ async def test_a_client_that_stops_reading_is_closed_and_never_delays_the_others
             await feed(consumer, big)
             got = 0
             while got < len(big):
-                got += len(await recv_json(healthy))  # type: ignore[arg-type]
+                got += len(await recv_json(healthy))
             delays.append(time.monotonic() - sent)
-            if not any(c.conn.remote_address == stalled.local_address for c in open_clients()):
+            if not any(
+                c.outbox.conn.remote_address == stalled.local_address for c in open_clients()
+            ):
                 break
         assert len(open_clients()) == 1, "the stalled client was not closed"
-        assert max(delays) < 2.0, delays
+        # What this protects: the healthy client never waits on the stalled one (a publisher that
+        # awaited the stalled socket would hold it until the test's timeout, as it never reads).
+        # 1000 candles per round take well under a second idle; 10 s is room for a loaded machine.
+        assert max(delays) < 10.0, delays
         # The healthy client still gets everything, on time.
         await feed(consumer, big[:10])
-        assert len(await recv_json(healthy)) == 10  # type: ignore[arg-type]
+        assert len(await recv_json(healthy)) == 10
         # The stalled client, once it reads again, finds the close code and reason.
         with pytest.raises(ConnectionClosed) as closed:
             while True:

@@ -27,6 +27,14 @@ class Sim:
             return json.load(response)
 
     def ledger_lines(self) -> list[dict[str, Any]]:
+        """The lines of trades sent and of drop windows."""
+        return [line for line in self._lines() if "missed" not in line]
+
+    def missed(self) -> list[dict[str, Any]]:
+        """The trades never sent (their topic had lost its subscribers)."""
+        return [line["missed"] for line in self._lines() if "missed" in line]
+
+    def _lines(self) -> list[dict[str, Any]]:
         if not self.ledger.exists():
             return []
         text = self.ledger.read_text()

@@ -2,19 +2,28 @@ from __future__ import annotations
 
 import json
 import re
+from typing import TypedDict, Unpack
 
 from common.decimals import parse_scaled
 from common.wire import Category
 from simulator.frames import encode_trades
-from simulator.generator import Generator, GeneratorConfig
+from simulator.generator import Batch, Generator, GeneratorConfig
 from simulator.instruments import build_universe
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
-def _slots(category: Category, seed: int, slots: int = 50, **kw: object) -> list[list[object]]:
+class Bursts(TypedDict, total=False):
+    burst_every_s: float
+    burst_ms: int
+    burst_factor: float
+
+
+def _slots(
+    category: Category, seed: int, slots: int = 50, **kw: Unpack[Bursts]
+) -> list[list[Batch]]:
     instruments = build_universe(category, 30, None, seed)
-    config = GeneratorConfig(rate=20_000, seed=seed, **kw)  # type: ignore[arg-type]
+    config = GeneratorConfig(rate=20_000, seed=seed, **kw)
     generator = Generator(instruments, category, config)
     return [list(generator.next_slot(1_000_000 + k * 10)) for k in range(slots)]
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import msgspec
+
 from simulator.klines import Candle, Digits, SymbolKlines
 
 LINEAR = Digits(price=2, size=3, turnover=5, inverse=False)
@@ -25,7 +27,7 @@ def test_candle_opens_at_previous_close_and_high_low_include_it() -> None:
     second = sk.series["1"]
     assert (second.open, second.high, second.low, second.close) == (100_50, 101_00, 100_50, 100_80)
     item = LINEAR.as_bybit(second, "1", False, T0 + 71_500)
-    assert item == {
+    assert msgspec.structs.asdict(item) == {
         "start": T0 + 60_000, "end": T0 + 119_999, "interval": "1", "open": "100.5",
         "close": "100.8", "high": "101", "low": "100.5", "volume": "2", "turnover": "201.8",
         "confirm": False, "timestamp": T0 + 71_500,

@@ -1,7 +1,7 @@
 """pybit 5.17 (Bybit's official SDK), unchanged but for the address, against the simulator.
 
 pybit hard-codes `wss://...`; the only change is its module constant `PUBLIC_WSS` pointed at
-ws://127.0.0.1 (reference §8a), and the HTTP manager's `endpoint` attribute.
+ws://127.0.0.1, and the HTTP manager's `endpoint` attribute.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 from decimal import Decimal
 from typing import Any
 
 from common.wire import Category
+from simulator.faults import FaultConfig, Faults
 from simulator.generator import Generator, GeneratorConfig
 from simulator.instruments import build_universe
 from simulator.market import Market
@@ -151,3 +153,25 @@ def test_prelaunch_symbols_can_be_subscribed_closed_ones_cannot() -> None:
     assert market.known_topic("kline.D.BTCUSDT") and market.known_topic("kline.M.ETHUSDT")
     assert not market.known_topic("kline.1m.BTCUSDT")
     assert not market.known_topic("tickers.BTCUSDT")
+
+
+def test_rest_fail_rate_fails_recent_trade_only_both_ways() -> None:
+    """`--rest-fail-rate`: that share of recent-trade requests fails, as an HTTP 503 or as
+    Bybit's rate limit (retCode 10006); the other endpoints are never failed."""
+    market = _rest(steps=2).market
+    rest = Rest(market, Faults(FaultConfig(rest_fail_rate=0.5), seed=4).rest_failure)
+    outcomes: collections.Counter[str] = collections.Counter()
+    for _ in range(400):
+        status, body = rest.handle("/v5/market/recent-trade?category=linear&symbol=BTCUSDT")
+        if status == 503:
+            outcomes["503"] += 1
+            continue
+        outcomes[str(json.loads(body)["retCode"])] += 1
+    assert set(outcomes) == {"503", "10006", "0"}
+    assert 150 < outcomes["0"] < 250 and outcomes["503"] > 50 and outcomes["10006"] > 50
+    always = Rest(market, Faults(FaultConfig(rest_fail_rate=1), seed=4).rest_failure)
+    assert _get(always, "/v5/market/instruments-info?category=linear")["retCode"] == 0
+    assert _get(always, "/v5/market/kline?symbol=BTCUSDT&interval=1")["retCode"] == 0
+    for _ in range(50):
+        status, body = always.handle("/v5/market/recent-trade?category=linear&symbol=BTCUSDT")
+        assert status == 503 or json.loads(body)["retCode"] == 10006

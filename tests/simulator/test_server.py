@@ -147,6 +147,16 @@ async def test_drop_fault_and_its_ledger_window(sim_factory: Any) -> None:
     assert first["from_ms"] <= first["to_ms"]
     # no trade was sent inside the window
     assert not [x for x in ledger if first["from_ms"] < x["sent_ms"] < first["to_ms"]]
+    # What the drops kept from the client is ledgered as missed, and recent-trade still has it,
+    # as Bybit's has (the answer's cap is 1000 trades; at 300/s the window is far shorter).
+    missed = sim.missed()
+    assert missed and {m["symbol"] for m in missed} <= {"BTCUSDT", "ETHUSDT"}
+    assert {m["i"] for m in missed}.isdisjoint(t["i"] for t in received)
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        answer = sim.get(f"/v5/market/recent-trade?category=linear&symbol={symbol}&limit=1000")
+        held = {(t["execId"], t["price"], t["size"], t["side"]) for t in answer["result"]["list"]}
+        want = {(m["i"], m["p"], m["v"], m["S"]) for m in missed if m["symbol"] == symbol}
+        assert want <= held
 
 
 async def test_delay_and_malformed_faults(sim_factory: Any) -> None:

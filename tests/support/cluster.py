@@ -35,12 +35,12 @@ class RedisCluster:
         self.nodes = [
             RedisProcess(
                 workdir / f"node{i}",
-                port=(port := _cluster_port()),
                 extra=(
                     "--cluster-enabled", "yes",
-                    "--cluster-config-file", f"nodes-{port}.conf",
+                    "--cluster-config-file", "nodes.conf",  # in the node's own workdir
                     "--cluster-node-timeout", "2000",
                 ),
+                pick_port=_cluster_port,
             )
             for i in range(nodes)
         ]  # fmt: skip

@@ -28,6 +28,7 @@ from common.keys import Keys
 from common.sharding import shard_of
 from common.wire import STREAM_FIELD, CandleView, candle_view_decoder
 from tests.ingest.e2e_support import Sim, start_simulator
+from tests.support import replies
 from tests.support.expected import Key, LedgerTrade
 from tests.support.procs import Proc, python_module
 from tests.support.redisproc import free_port
@@ -92,7 +93,7 @@ class Pipeline:
     def client(self) -> redis.Redis:
         """A client for the pipeline's Redis; a cluster client when it runs on a cluster."""
         if self.extra_env.get("STREAMER_REDIS_CLUSTER") == "true":
-            return RedisClusterClient.from_url(self.redis_url)  # type: ignore[return-value]
+            return RedisClusterClient.from_url(self.redis_url)  # type: ignore[return-value]  # as common/redisconn.py
         return redis.Redis.from_url(self.redis_url)
 
     def stream_candles(self) -> list[CandleView]:
@@ -100,29 +101,32 @@ class Pipeline:
         out = [
             candle_view_decoder.decode(fields[STREAM_FIELD])
             for shard in range(self.shards)
-            for _, fields in client.xrange(self.keys.klines(shard))
+            for _, fields in replies.entries(client.xrange(self.keys.klines(shard)))
         ]
         client.close()
         return out
 
     def ledger_trades(self) -> list[LedgerTrade]:
-        return [
-            LedgerTrade(
-                str(t["symbol"]),
-                int(str(t["T"])),
-                Decimal(str(t["p"])),
-                Decimal(str(t["v"])),
-                t["S"] == "Buy",
-                str(t["i"]),
-            )
-            for t in self.sim.trades()
-        ]
+        """The trades the exchange sent."""
+        return [_ledger_trade(t) for t in self.sim.trades()]
+
+    def missed_trades(self) -> list[LedgerTrade]:
+        """The trades the exchange made while nobody was subscribed to their topic any more
+        (a drop, a hand-over): never sent, but a gap repair may fetch them back."""
+        return [_ledger_trade(t) for t in self.sim.missed()]
 
     def shard_of(self, symbol: str) -> int:
         return shard_of(symbol, self.shards)
 
     def parsed_intervals(self) -> tuple[Interval, ...]:
         return parse_intervals(self.intervals)
+
+
+def _ledger_trade(t: dict[str, object]) -> LedgerTrade:
+    return LedgerTrade(
+        str(t["symbol"]), int(str(t["T"])), Decimal(str(t["p"])), Decimal(str(t["v"])),
+        t["S"] == "Buy", str(t["i"]),
+    )  # fmt: skip
 
 
 def start_pipeline(
@@ -232,7 +236,7 @@ def websocket_collector(port: int) -> Collector:
 def pubsub_collector(redis_url: str, channel: str) -> Collector:
     def receive(keep: Keep, connected: Callable[[], None], stop: threading.Event) -> None:
         client = redis.Redis.from_url(redis_url, socket_connect_timeout=1)
-        pubsub = client.pubsub()
+        pubsub = client.pubsub()  # type: ignore[no-untyped-call]  # unannotated in redis-py
         try:
             pubsub.subscribe(channel)
             connected()

@@ -8,11 +8,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
-TESTDATA = SHARED / "testdata" / "bybit"
+TESTDATA = Path(os.environ.get("BYBIT_TESTDATA") or SHARED / "testdata" / "bybit")
+"""The real Bybit captures: `../shared/testdata/bybit` as CI lays it out, or `BYBIT_TESTDATA`
+(a checkout elsewhere, e.g. a git worktree, points there)."""
+NO_TESTDATA = "real Bybit captures not found"
+"""How every capture test's skip reason starts: tests/conftest.py fails such a skip when the
+folder is there (a capture test must not skip silently where CI has the captures)."""
+
+
+def need_testdata(*names: str) -> None:
+    """Skip the test, saying why, unless the capture folder (and these files in it) exist."""
+    for path in (TESTDATA, *(TESTDATA / name for name in names)):
+        if not path.exists():
+            pytest.skip(f"{NO_TESTDATA}: {path} (../shared/testdata/bybit beside the repo)")
 
 
 RUNNING: list[Proc] = []

@@ -8,7 +8,7 @@ import pytest
 from common.errors import BadMessageError
 from common.wire import Side, Trade
 from ingest.bybit.messages import OpReply, TradeMessage, parse_frame, request
-from tests.support.procs import TESTDATA
+from tests.support.procs import TESTDATA, need_testdata
 
 LINEAR = (
     b'{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1672304486868,'
@@ -105,8 +105,7 @@ def test_requests_are_bybit_ops() -> None:
 def test_every_recorded_trade_frame_parses_exactly() -> None:
     capture = TESTDATA / "cryptofeed__BYBIT.publicTrade_kline_only.jsonl"
     derived = TESTDATA / "cryptofeed__BYBIT.derived_publicTrade.csv"
-    if not capture.exists():
-        pytest.skip(f"{TESTDATA} is absent (real Bybit captures are not in the repo)")
+    need_testdata(capture.name, derived.name)
     parsed: list[tuple[str, int, str, str, str, str]] = []
     for line in capture.read_text().splitlines():
         item = json.loads(line)

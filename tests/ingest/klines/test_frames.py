@@ -19,7 +19,7 @@ from ingest.klines.frames import (
     rest_rows,
     topic,
 )
-from tests.support.procs import TESTDATA
+from tests.support.procs import TESTDATA, need_testdata
 
 CAPTURE = TESTDATA / "cryptofeed__BYBIT.publicTrade_kline_only.jsonl"
 M1 = Interval.parse("1m")
@@ -27,8 +27,7 @@ M1 = Interval.parse("1m")
 
 def recorded_kline_frames(connection_addr_suffix: str) -> list[str]:
     """The recorded kline frame texts of one connection (linear or spot), in order."""
-    if not CAPTURE.exists():
-        pytest.skip(f"real capture not found at {CAPTURE} (../shared/testdata/bybit)")
+    need_testdata(CAPTURE.name)
     conns: dict[str, str] = {}
     frames = []
     for line in CAPTURE.read_text().splitlines():

@@ -14,13 +14,15 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from common.intervals import Interval
 from common.keys import Keys
 from common.lifecycle import TaskSet
 from common.settings import IngestSettings
-from common.wire import candle_view_decoder
+from common.wire import Candle, candle_view_decoder
 from ingest.klines import metrics
 from ingest.klines.service import KlinesShards
 from tests.ingest.klines.test_frames import recorded_kline_frames
+from tests.support import replies
 from tests.support.procs import TESTDATA
 from tests.support.waiting import async_wait_until
 
@@ -28,6 +30,7 @@ pytestmark = pytest.mark.redis
 
 KEYS = Keys("t")
 SYMBOLS = ["BTCUSDT", "DOGEUSDT", "ETHUSDT", "SOLUSDT"]
+SPOT = ["BTCUSDT", "ETHUSDT"]
 
 
 class FakePool:
@@ -46,7 +49,7 @@ class FakePool:
         return True
 
 
-async def no_rest(*args: object) -> list[object]:
+async def no_rest(interval: Interval, symbol: str, start_ms: int, end_ms: int) -> list[Candle]:
     raise AssertionError("no backfill expected on a cold start")
 
 
@@ -57,25 +60,32 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-async def serving(redis: aioredis.Redis, updates_ms: int = 0) -> KlinesShards:
+async def serving(
+    redis: aioredis.Redis,
+    updates_ms: int = 0,
+    category: str = "linear",
+    symbols: list[str] = SYMBOLS,
+) -> KlinesShards:
     settings = IngestSettings(
         _env_file=None,
-        bybit_symbols=SYMBOLS,
+        bybit_category=category,
+        bybit_symbols=symbols,
         klines_mode=True,
         kline_intervals="1m",
         shards=1,
         kline_updates_ms=updates_ms,
     )
-    shards = KlinesShards(redis, KEYS, settings, no_rest, TaskSet())
-    shards.pool = FakePool()  # type: ignore[assignment]
-    shards.symbols = SYMBOLS
-    shards.token = "ingest:replay"
+    pool = FakePool()
+    shards = KlinesShards(
+        redis, KEYS, settings, no_rest, TaskSet(),
+        open_pool=lambda **hooks: pool,  # type: ignore[arg-type]  # a fake connection pool
+        token="ingest:replay", symbols=symbols,
+    )  # fmt: skip
     await redis.set(KEYS.lease("ingest", 0), shards.token)
     await shards.start_shard(0)
-    pool = shards.pool
 
     async def subscribed() -> bool:
-        return pool.symbols == set(SYMBOLS)  # type: ignore[union-attr]
+        return pool.symbols == set(symbols)
 
     await async_wait_until(subscribed, 5, what="the shard's symbols subscribed")
     return shards
@@ -98,7 +108,7 @@ async def test_the_confirmed_2126_candles_come_out_with_bybits_exact_values(
     for frame in frames + frames:  # every frame twice: a confirm seen twice is written once
         assert shards.on_frame(frame.encode(), 0)
     assert await shards.shards[0].drained(5)
-    rows = await redis.xrange(KEYS.klines(0))
+    rows = replies.entries(await redis.xrange(KEYS.klines(0)))
     texts = [fields[b"data"] for _, fields in rows]
     views = [candle_view_decoder.decode(t) for t in texts]
     assert sorted(v.symbol for v in views) == SYMBOLS
@@ -129,24 +139,52 @@ async def test_the_confirmed_2126_candles_come_out_with_bybits_exact_values(
     await shards.stop_shard(0, graceful=True)
 
 
-async def test_snapshots_become_in_progress_updates(redis: aioredis.Redis) -> None:
-    frames = recorded_kline_frames("/linear")
-    shards = await serving(redis, updates_ms=1000)
+def snapshot_rows(category: str) -> dict[tuple[str, int], dict[str, str]]:
+    """(symbol, frame ts) -> the in-progress kline item of that frame, from derived_kline1.csv."""
+    path = TESTDATA / "cryptofeed__BYBIT.derived_kline1.csv"
+    with path.open() as f:
+        rows = [
+            r for r in csv.DictReader(f) if r["category"] == category and r["confirm"] == "False"
+        ]
+    return {(r["symbol"], int(r["msg_ts_ms"])): r for r in rows}
+
+
+@pytest.mark.parametrize(("category", "symbols"), [("linear", SYMBOLS), ("spot", SPOT)])
+async def test_every_snapshot_becomes_an_in_progress_update(
+    redis: aioredis.Redis, category: str, symbols: list[str]
+) -> None:
+    """Each recorded frame's in-progress item, value by value (exact text), as the CSV flattened
+    from the same capture has it; the README's last 21:27 BTCUSDT snapshot among them."""
+    frames = recorded_kline_frames(f"/{category}")
+    shards = await serving(redis, updates_ms=1000, category=category, symbols=symbols)
+    expected = snapshot_rows(category)
+    seen = 0
     for frame in frames:
-        shards.on_frame(frame.encode(), 0)
-    updates = shards.shards[0].take_updates()
-    by_symbol = {c.symbol: c for c in updates}
-    assert sorted(by_symbol) == SYMBOLS
-    # The last 21:27 snapshot of BTCUSDT in the capture (README table: ts 21:27:40.441).
-    btc = by_symbol["BTCUSDT"]
-    assert (btc.timestamp, btc.closed) == (1786310820000, False)
-    assert [bytes(x) for x in (btc.open, btc.high, btc.low, btc.close)] == [
-        b"65114.2",
-        b"65114.3",
-        b"65113.1",
-        b"65114.3",
-    ]
-    assert (bytes(btc.volume), bytes(btc.turnover)) == (b"7.035", b"458078.3588")
+        assert shards.on_frame(frame.encode(), 0)
+        parsed = json.loads(frame)
+        symbol = parsed["topic"].rsplit(".", 1)[1]
+        updates = shards.shards[0].take_updates()
+        if all(item["confirm"] for item in parsed["data"]):  # spot: a confirm alone
+            assert updates == []
+            continue
+        [update] = updates
+        row = expected[(symbol, parsed["ts"])]
+        assert (update.symbol, update.timestamp, update.closed) == (
+            symbol,
+            int(row["start_ms"]),
+            False,
+        )
+        got = [bytes(x).decode() for x in (update.open, update.high, update.low, update.close,
+                                            update.volume, update.turnover)]  # fmt: skip
+        assert got == [row[k] for k in ("open", "high", "low", "close", "volume", "turnover")]
+        seen += 1
+    # linear: 71 (the four 21:26 confirms ride along with a snapshot); spot: 23 (confirms alone)
+    assert seen == len(expected) == {"linear": 71, "spot": 23}[category]
+    if category == "linear":
+        last = expected[max(k for k in expected if k[0] == "BTCUSDT")]
+        assert (last["timestamp_ms"], last["volume"], last["turnover"]) == (
+            "1786310860441", "7.035", "458078.3588",
+        )  # fmt: skip
     await shards.stop_shard(0, graceful=True)
 
 

@@ -14,11 +14,12 @@ import redis.asyncio as aioredis
 from common.errors import RetryableError
 from common.intervals import Interval
 from common.keys import Keys
-from common.wire import Category, candle_view_decoder
+from common.wire import Candle, Category, candle_view_decoder
 from ingest.klines.frames import make_candle
 from ingest.klines.rest import KlineRest
 from ingest.klines.series import ShardKlines
 from ingest.klines.store import KlineStore
+from tests.support import replies
 
 M1 = Interval.parse("1m")
 T0 = 1786310760000
@@ -134,16 +135,19 @@ async def test_a_failing_backfill_flags_a_gap_and_goes_on(
     store = KlineStore(redis, keys, 0, "tok", klines_maxlen=1000, updates_maxlen=1000)
     values = ("1", "1", "1", "1", "0", "0")
 
-    def confirm(start: int) -> object:
+    def confirm(start: int) -> Candle:
         return make_candle("BTCUSDT", M1, start, values, category=Category.LINEAR, closed=True)
 
-    await store.write_confirmed([confirm(T0)])  # type: ignore[list-item]
+    await store.write_confirmed([confirm(T0)])
     klines = ShardKlines(store, rest(server.url).fetch, (M1,))
     await klines.load()
     klines.add_symbols(["BTCUSDT"])
-    klines.on_candle(confirm(T0 + 5 * 60_000))  # type: ignore[arg-type]
+    klines.on_candle(confirm(T0 + 5 * 60_000))
     assert await klines.drained(10)
-    views = [candle_view_decoder.decode(f[b"data"]) for _, f in await redis.xrange(keys.klines(0))]
+    views = [
+        candle_view_decoder.decode(f[b"data"])
+        for _, f in replies.entries(await redis.xrange(keys.klines(0)))
+    ]
     assert [(v.timestamp, v.gap) for v in views] == [(T0, False), (T0 + 5 * 60_000, True)]
     assert len(server.queries) == 3
     await redis.aclose()

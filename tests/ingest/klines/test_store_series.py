@@ -9,13 +9,15 @@ import pytest
 import redis.asyncio as aioredis
 
 from common.errors import LeaseLostError, RetryableError
+from common.history import member_of
 from common.intervals import Interval
 from common.keys import Keys
-from common.wire import Candle, CandleView, Category, candle_view_decoder
+from common.wire import Candle, CandleView, Category, candle_encoder, candle_view_decoder
 from ingest.klines import metrics
 from ingest.klines.frames import make_candle
 from ingest.klines.series import ShardKlines
 from ingest.klines.store import KlineStore
+from tests.support import replies
 from tests.support.waiting import async_wait_until
 
 pytestmark = pytest.mark.redis
@@ -46,7 +48,7 @@ def store_of(redis: aioredis.Redis, token: str = TOKEN) -> KlineStore:
 
 
 async def stream(redis: aioredis.Redis, key: str | None = None) -> list[CandleView]:
-    rows = await redis.xrange(key or KEYS.klines(SHARD))
+    rows = replies.entries(await redis.xrange(key or KEYS.klines(SHARD)))
     return [candle_view_decoder.decode(fields[b"data"]) for _, fields in rows]
 
 
@@ -100,6 +102,22 @@ async def test_a_confirm_seen_twice_is_written_once(redis: aioredis.Redis) -> No
     ]
     assert str(views[0].close) == "100.5"
     assert await store.last_starts() == {"BTCUSDT:1m": T0 + 60_000, "ETHUSDT:1m": T0}
+
+
+async def test_written_candles_go_to_the_history_store_too(redis: aioredis.Redis) -> None:
+    store = KlineStore(redis, KEYS, SHARD, TOKEN, 10_000, 1000, history_candles=2)
+    written = [candle("BTCUSDT", T0), candle("BTCUSDT", T0 + 60_000), candle("ETHUSDT", T0)]
+    await store.write_confirmed(written)
+    await store.write_confirmed([candle("BTCUSDT", T0, close="1")])  # refused: not in the store
+    key = KEYS.history(SHARD, "1m", "BTCUSDT")
+    members = await redis.zrange(key, 0, -1, withscores=True)
+    assert members == [
+        (member_of(candle_encoder.encode(c)), float(c.timestamp)) for c in written[:2]
+    ]
+    for n in range(2, 11):  # T0 + 10 min opens on a multiple of 16 s: cut back to depth 2
+        await store.write_confirmed([candle("BTCUSDT", T0 + n * 60_000)])
+    assert await redis.zcard(key) == 2
+    assert await redis.zcard(KEYS.history(SHARD, "1m", "ETHUSDT")) == 1
 
 
 async def test_a_stale_owner_cannot_write(redis: aioredis.Redis) -> None:

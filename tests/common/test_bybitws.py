@@ -3,8 +3,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from common.bybitws import MAX_TOPIC_CHARS, Session, SubscribeFault
 from common.wire import Category
-from simulator.protocol import MAX_TOPIC_CHARS, Session, SubscribeFault
 
 KNOWN = {"publicTrade.BTCUSDT", "publicTrade.ETHUSDT", "kline.1.BTCUSDT"}
 

@@ -1,10 +1,12 @@
-"""The client side of one public WebSocket connection: ops in, acks and errors out. Pure.
+"""Bybit's public WebSocket as the server speaks it: ops in, acks, errors and pongs out, and
+`kline` frames. Pure. Shared by the simulator (which plays Bybit) and publish's
+Bybit-compatible path (`/v5/public/<category>`), so both answer exactly alike.
 
-Shapes (reference §2-§3): linear/inverse acks carry `ret_msg:""` and always a `req_id` (`""`
+Shapes (Bybit's, as recorded): linear/inverse acks carry `ret_msg:""` and always a `req_id` (`""`
 when none was sent); spot acks carry `ret_msg:"subscribe"` (or the op) and `req_id` only when
 sent. Errors name one topic each; a request with several topics gets one error frame per bad
 topic, then one success ack for the good ones (if any). The 21,000-character limit has no
-recorded error text; this simulator answers `args length >21000` (modelled on spot's
+recorded error text; this module answers `args length >21000` (modelled on spot's
 `args size >10`) and rejects the whole request.
 """
 
@@ -17,13 +19,14 @@ from enum import Enum
 import msgspec
 
 from common.wire import Category
-from simulator.frames import encode
 
 MAX_TOPIC_CHARS = 21_000
 SPOT_MAX_ARGS = 10
 
 
 class SubscribeFault(Enum):
+    """What the simulator's fault injection makes of a subscribe (publish never sets one)."""
+
     NONE = "none"
     REFUSE = "refuse"  # success:false, ret_msg "Params Error" (an older recorded variant)
     STALL = "stall"  # no answer at all, and no data
@@ -36,6 +39,38 @@ class Request(msgspec.Struct):
 
 
 _decoder = msgspec.json.Decoder(Request)
+_encoder = msgspec.json.Encoder()
+
+
+def encode(obj: object) -> str:
+    return _encoder.encode(obj).decode()
+
+
+class KlineItem(msgspec.Struct, gc=False):
+    """One candle of a `kline` frame, fields in the order Bybit sends them. Prices and sizes
+    are decimal strings; `end` is the last millisecond of the candle (start + length - 1);
+    `timestamp` is the time the frame was built (Bybit: of the last trade; its examples show
+    it equal to the frame's `ts`)."""
+
+    start: int
+    end: int
+    interval: str
+    open: str
+    close: str
+    high: str
+    low: str
+    volume: str
+    turnover: str
+    confirm: bool
+    timestamp: int
+
+
+def kline_frame(category: Category, topic: str, items: list[KlineItem], ts_ms: int) -> bytes:
+    """A `kline` push; spot orders the envelope's keys differently (recorded 2026-08)."""
+    data = _encoder.encode(items)
+    if category is Category.SPOT:
+        return b'{"type":"snapshot","topic":"%s","data":%s,"ts":%d}' % (topic.encode(), data, ts_ms)
+    return b'{"topic":"%s","data":%s,"ts":%d,"type":"snapshot"}' % (topic.encode(), data, ts_ms)
 
 
 @dataclass

@@ -1,0 +1,139 @@
+"""Where a candle's time goes between its end and a WebSocket client, boundary by boundary.
+
+The pipeline of bench.pipeline_trial (simulator → ingest → aggregate → publish → a WebSocket
+user; 500 symbols, 6 intervals, waiter 80 ms, 4 shards, one process per stage) at 5,000 and
+20,000 trades/s. After the window, every revision-0 candle that closed at its waiter deadline
+(`due` = end + waiter: its symbol did not trade again before) is followed through what Redis and
+the client recorded, all on this machine's one wall clock:
+
+- ingest's clock entry: the first clock entry of the candle's shard stamped at or after `due`
+  (ingest's "everything received before this is written"), and the time its XADD ran (its id);
+- the aggregator's write: the candle's entry id in the candle stream (its XADD, inside the
+  write script), and how far apart a boundary's four shard writes are;
+- the client: when the frame with the candle arrived.
+
+Besides, for the trades of the window: received by ingest − trade time (the exchange's side and
+the socket), and XADD − received (ingest's queue and write).
+"""
+
+from __future__ import annotations
+
+import bisect
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from bench.pipeline_trial import SHARDS, WAITER_MS, Result, Run, _head, _heads, pct
+from bench.report import Row
+from common.wire import STREAM_FIELD, ClockEntry, TradesEntry, entry_decoder
+
+NOTES: list[str] = []
+
+
+def _id_ms(entry_id: bytes) -> int:
+    return int(entry_id.split(b"-", 1)[0])
+
+
+class Trace:
+    """What one trial recorded, hop by hop (lists of ms)."""
+
+    def __init__(self) -> None:
+        self.clock: list[int] = []  # clock entry XADD − due
+        self.written: list[int] = []  # candle XADD − due
+        self.arrived: list[int] = []  # arrival − candle XADD
+        self.total: list[int] = []  # arrival − due
+        self.spread: list[int] = []  # a boundary's last shard write − its first
+        self.received: list[int] = []  # ingest receive − trade time
+        self.queued: list[int] = []  # trade entry XADD − ingest receive
+
+
+def _follow(run: Run, from_ms: int, to_ms: int) -> Trace:
+    trace = Trace()
+    client: Any = run.client
+    clocks: dict[int, list[tuple[int, int]]] = {}
+    for shard in range(SHARDS):
+        stamps = clocks[shard] = []
+        for entry_id, fields in client.xrange(run.pipe.keys.trades(shard), min=str(from_ms)):
+            entry = entry_decoder.decode(fields[STREAM_FIELD])
+            if isinstance(entry, ClockEntry):
+                stamps.append((entry.time_ms, _id_ms(entry_id)))
+            elif isinstance(entry, TradesEntry) and entry.trades:
+                trace.received.append(entry.received_ms - entry.trades[-1].time_ms)
+                trace.queued.append(_id_ms(entry_id) - entry.received_ms)
+    written: dict[tuple[str, int, int], tuple[int, int]] = {}
+    for shard in range(SHARDS):
+        for entry_id, fields in client.xrange(run.pipe.keys.klines(shard), min=str(from_ms)):
+            head = _head.decode(fields[b"data"])
+            if head.closed and head.revision == 0:
+                written[head.symbol, head.interval, head.timestamp] = (shard, _id_ms(entry_id))
+    assert run.arrivals is not None
+    arrived: dict[tuple[str, int, int], int] = {}
+    for arrival_ms, data in list(run.arrivals.frames):
+        for head in _heads.decode(data):
+            if head.closed and head.revision == 0:
+                arrived.setdefault((head.symbol, head.interval, head.timestamp), arrival_ms)
+    by_boundary: dict[int, list[int]] = defaultdict(list)
+    for key, (shard, at) in written.items():
+        due = key[2] + key[1] + WAITER_MS
+        if not from_ms <= due <= to_ms or at < due or key not in arrived:
+            continue  # closed early (its symbol traded again), or outside the window
+        stamps = clocks[shard]
+        i = bisect.bisect_left(stamps, (due, 0))
+        if i < len(stamps):
+            trace.clock.append(stamps[i][1] - due)
+        trace.written.append(at - due)
+        trace.arrived.append(arrived[key] - at)
+        trace.total.append(arrived[key] - due)
+        by_boundary[due].append(at)
+    trace.spread = [max(ats) - min(ats) for ats in by_boundary.values()]
+    return trace
+
+
+def trial(rate: int, window_s: float, symbols: int = 500) -> tuple[Trace, Result]:
+    with tempfile.TemporaryDirectory(prefix="bench-boundary-") as tmp:
+        run = Run(Path(tmp), symbols, rate, None)
+        try:
+            run.warm_up()
+            result = Result(symbols, rate, window_s)
+            from_ms = int(run.client.time()[0]) * 1000
+            run.measure(result)
+            to_ms = int(run.client.time()[0]) * 1000
+            trace = _follow(run, from_ms, to_ms)
+        finally:
+            run.close()
+    return trace, result
+
+
+def run(smoke: bool) -> list[Row]:
+    NOTES.clear()
+    rates, window_s = ([2_000], 3.0) if smoke else ([5_000, 20_000], 25.0)
+    rows = []
+    for rate in rates:
+        trace, result = trial(rate, window_s)
+        stage = f"boundary, 500 symbols @ {rate:,}/s"
+        hops = (
+            ("trade received by ingest − trade time", trace.received),
+            ("trade entry written − received (ingest's queue)", trace.queued),
+            ("clock entry written − due (end + waiter)", trace.clock),
+            ("candle written − due (aggregate: read, close, write)", trace.written),
+            ("a boundary's last shard write − its first", trace.spread),
+            ("arrival − candle written (publish, WebSocket)", trace.arrived),
+            ("arrival − due (candles closed by the waiter)", trace.total),
+        )
+        for what, values in hops:
+            rows.append(Row(stage, f"{what}, p50", pct(values, 50), "ms"))
+            rows.append(Row(stage, f"{what}, p99", pct(values, 99), "ms"))
+        NOTES.append(
+            f"boundary @ {rate:,}/s: {len(trace.total):,} candles closed by the waiter followed;"
+            f" delay p99 − waiter of all candles {pct(result.delay_ms, 99) - WAITER_MS:.0f} ms;"
+            f" CPU {result.busiest()}; load average {result.load_1m:.1f}"
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run(smoke="--smoke" in sys.argv):
+        print(row)
+    print("\n".join(NOTES))

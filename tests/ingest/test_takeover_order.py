@@ -1,0 +1,107 @@
+"""A hot takeover writes the standby's buffer before any message that arrives during the takeover.
+
+Found by the fault suite's ledger check: right after start-up a replica took a shard over from its
+standby, and a symbol's live trades went into the stream ahead of its older buffered ones. The
+aggregator trusts a symbol's trades to come in time order, so it started that symbol at the later
+trade (its first candle is partial, never written) and dropped the earlier one: a candle missing
+and a trade lost with no gap. Real parts: a real redis-server, the real shards, standby and writer;
+the one stand-in is the exchange, whose message arrives while the takeover reads the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from common.keys import Keys
+from common.lifecycle import TaskSet
+from common.wire import Side, Trade, TradesEntry, entry_decoder
+from ingest.bybit.messages import TradeMessage
+from ingest.shards import IngestShards
+from ingest.standby import Standby
+from ingest.writer import Writer
+from tests.support import replies
+from tests.support.waiting import async_wait_until
+
+KEYS = Keys("t")
+TOKEN = "ingest:takeover"
+SYMBOL = "BTCUSDT"
+START_MS = 1_786_310_000_000
+
+
+class Exchange:
+    """Stands in for the pool: subscriptions are acked at once."""
+
+    async def add(self, symbols: list[str]) -> None:
+        pass
+
+    async def remove(self, symbols: list[str]) -> None:
+        pass
+
+    async def wait_subscribed(self, symbols: list[str], timeout_s: float) -> bool:
+        return True
+
+
+def message(time_ms: int, trade_id: str) -> TradeMessage:
+    return TradeMessage(SYMBOL, time_ms, [Trade(time_ms, "65000.1", "0.001", Side.BUY, trade_id)])
+
+
+async def test_buffered_trades_go_before_those_arriving_during_the_takeover(
+    redis_url: str,
+) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    tasks, stop = TaskSet(), asyncio.Event()
+    try:
+        await client.set(KEYS.lease("ingest", 0), TOKEN)
+        open_writer = partial(
+            Writer, client, KEYS, TOKEN, clock_interval_ms=50, buffer_max=10_000, batch_max=100,
+            retention_s=3600,
+        )  # fmt: skip
+        standby = Standby(window_ms=10_000)
+        shards = IngestShards(
+            client, KEYS, 1, tasks, 5.0, open_writer=open_writer,
+            open_pool=lambda **hooks: Exchange(),  # type: ignore[arg-type]  # a fake connection pool
+            symbols=[SYMBOL], standby=standby,
+        )  # fmt: skip
+        writer = shards.writer
+        tasks.spawn(writer.run(stop), name="writer")
+        await shards._watch(0)  # on standby for shard 0
+
+        async def watched() -> bool:
+            return 0 in standby.watched()
+
+        await async_wait_until(watched, 5, "standby coverage")
+        shards.on_trades(message(START_MS, "older"), START_MS + 5)  # buffered on standby
+
+        real_xrange = client.xrange
+        arrived: list[bool] = []
+
+        async def xrange_with_a_live_message(*args: Any, **kwargs: Any) -> Any:
+            if not arrived:  # Bybit's next message arrives while the takeover reads the stream
+                arrived.append(True)
+                shards.on_trades(message(START_MS + 20, "newer"), START_MS + 25)
+            return await real_xrange(*args, **kwargs)
+
+        client.xrange = xrange_with_a_live_message  # type: ignore[method-assign]  # a spy
+        await shards.start_shard(0)  # the takeover from standby
+        client.xrange = real_xrange  # type: ignore[method-assign]  # the spy removed
+        assert arrived
+
+        async def written() -> list[str]:
+            rows = replies.entries(await client.xrange(KEYS.trades(0)))
+            entries = [entry_decoder.decode(fields[b"data"]) for _, fields in rows]
+            return [t.trade_id for e in entries if isinstance(e, TradesEntry) for t in e.trades]
+
+        await async_wait_until(lambda: _two(written), 10, "both trades written")
+        assert await written() == ["older", "newer"]
+    finally:
+        stop.set()
+        await tasks.cancel_all()
+        await client.aclose()
+
+
+async def _two(written: Any) -> bool:
+    return len(await written()) == 2
