@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import signal
 import sys
 from decimal import Decimal
 
@@ -22,19 +23,31 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 
 async def follow(url: str, channel: str) -> None:
+    """Until Ctrl-C or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     client = aioredis.Redis.from_url(url)
     try:
-        while True:
+        while not stop.is_set():
+            pubsub = client.pubsub()
             try:
-                async with client.pubsub() as pubsub:
-                    await pubsub.subscribe(channel)
-                    async for message in pubsub.listen():
-                        if message["type"] == "message":
-                            for candle in json.loads(message["data"], parse_float=Decimal):
-                                show(candle)
+                await pubsub.subscribe(channel)
+                while not stop.is_set():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    if message is not None and message["type"] == "message":
+                        for candle in json.loads(message["data"], parse_float=Decimal):
+                            show(candle)
             except RedisConnectionError as exc:
                 print(f"connection lost ({exc}); reconnecting", file=sys.stderr, flush=True)
-                await asyncio.sleep(1)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1)
+            finally:
+                # Bounded: redis-py's PubSub.aclose can wait forever for its socket to close
+                # (redis/redis-py#3941); this one is done with it either way.
+                with contextlib.suppress(TimeoutError, RedisConnectionError):
+                    await asyncio.wait_for(pubsub.aclose(), 2)  # type: ignore[no-untyped-call]  # redis-py
     finally:
         await client.aclose()
 
@@ -57,7 +70,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("url", help="the pipeline's Redis, e.g. redis://127.0.0.1:6390/0")
     parser.add_argument("--channel", default="klines", help="STREAMER_REDIS_CHANNEL")
     args = parser.parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C before the loop has started
         asyncio.run(follow(args.url, args.channel))
     return 0
 

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -90,8 +91,16 @@ def main(argv: list[str]) -> int:
         )
 
     since = int(time.time() * 1000) - 3_600_000  # the last hour first
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(follow(url, user, key, topics, since, show, asyncio.Event()))
+
+    async def until_signalled() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)  # ends the loop in `follow` within 0.5 s
+        await follow(url, user, key, topics, since, show, stop)
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C before the loop has started
+        asyncio.run(until_signalled())
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
@@ -63,7 +64,13 @@ def lines(proc: Proc, pattern: re.Pattern[str]) -> list[re.Match[str]]:
 def interrupt(proc: Proc) -> None:
     """Ctrl-C, as a user stops it; it must exit 0."""
     proc.signal(signal.SIGINT)
-    assert proc.popen.wait(20) == 0, f"{proc.args}: {proc.output()[-2000:]}"
+    try:
+        code = proc.popen.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.popen.kill()
+        raise AssertionError(f"{proc.args} still running 20 s after Ctrl-C: "
+                             f"{proc.output()[-2000:]}") from None  # fmt: skip
+    assert code == 0, f"{proc.args}: {proc.output()[-2000:]}"
 
 
 READER_LINE = re.compile(
