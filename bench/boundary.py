@@ -2,8 +2,11 @@
 
 The pipeline of bench.pipeline_trial (simulator → ingest → aggregate → publish → a WebSocket
 user; 500 symbols, 6 intervals, waiter 80 ms, 4 shards, one process per stage) at 5,000 and
-20,000 trades/s. After the window, every revision-0 candle that closed at its waiter deadline
-(`due` = end + waiter: its symbol did not trade again before) is followed through what Redis and
+20,000 trades/s, three trials each, on the simulator's lean load (`--pregenerate-s`: the trades
+drawn and encoded before the run, so the load generator takes little of the CPU the pipeline
+shares; the rows of bench.pipeline run on its live loop). After the window, every revision-0
+candle that closed at its waiter deadline (`due` = end + waiter: its symbol did not trade again
+before) is followed through what Redis and
 the client recorded, all on this machine's one wall clock:
 
 - ingest's clock entry: the first clock entry of the candle's shard stamped at or after `due`
@@ -30,6 +33,8 @@ from bench.report import Row
 from common.wire import STREAM_FIELD, ClockEntry, TradesEntry, entry_decoder
 
 NOTES: list[str] = []
+TRIALS = 3
+LEAN_HEADROOM_S = 45.0  # the lean load's seconds beyond the window: start-up and warm-up
 
 
 def _id_ms(entry_id: bytes) -> int:
@@ -91,9 +96,14 @@ def _follow(run: Run, from_ms: int, to_ms: int) -> Trace:
     return trace
 
 
-def trial(rate: int, window_s: float, symbols: int = 500) -> tuple[Trace, Result]:
+def trial(
+    rate: int, window_s: float, symbols: int = 500, lean: bool = True
+) -> tuple[Trace, Result]:
+    """One pipeline run, followed; `lean`: the simulator plays pre-built frames (its load costs
+    little CPU), else its live market loop draws and encodes every trade during the run."""
     with tempfile.TemporaryDirectory(prefix="bench-boundary-") as tmp:
-        run = Run(Path(tmp), symbols, rate, None)
+        pregenerate_s = window_s + LEAN_HEADROOM_S if lean else 0.0
+        run = Run(Path(tmp), symbols, rate, None, pregenerate_s=pregenerate_s)
         try:
             run.warm_up()
             result = Result(symbols, rate, window_s)
@@ -106,13 +116,36 @@ def trial(rate: int, window_s: float, symbols: int = 500) -> tuple[Trace, Result
     return trace, result
 
 
+def _pooled(traces: list[Trace]) -> Trace:
+    pooled = Trace()
+    for trace in traces:
+        for name, values in vars(trace).items():
+            getattr(pooled, name).extend(values)
+    return pooled
+
+
 def run(smoke: bool) -> list[Row]:
+    """Per rate, TRIALS runs on the lean load: each one's candle delay p99 − waiter (the target
+    rows), then the hops over all of them pooled."""
     NOTES.clear()
-    rates, window_s = ([2_000], 3.0) if smoke else ([5_000, 20_000], 25.0)
+    rates, window_s, trials = ([2_000], 3.0, 1) if smoke else ([5_000, 20_000], 25.0, TRIALS)
     rows = []
     for rate in rates:
-        trace, result = trial(rate, window_s)
-        stage = f"boundary, 500 symbols @ {rate:,}/s"
+        stage = f"boundary, 500 symbols @ {rate:,}/s, lean load"
+        traces = []
+        for k in range(1, trials + 1):
+            trace, result = trial(rate, window_s)
+            traces.append(trace)
+            target = "≤ 10 ms" if rate <= 5_000 else "≤ 25 ms"
+            rows.append(Row(stage, f"candle delay p99 − waiter latency, trial {k}",
+                            pct(result.delay_ms, 99) - WAITER_MS, "ms", target=target))  # fmt: skip
+            NOTES.append(
+                f"boundary @ {rate:,}/s, trial {k}: {len(trace.total):,} candles closed by the"
+                f" waiter followed; delay p50/p99 of all candles {pct(result.delay_ms, 50):.0f}/"
+                f"{pct(result.delay_ms, 99):.0f} ms; delivered {result.delivered:,.0f}/s;"
+                f" CPU {result.busiest()}; load average {result.load_1m:.1f}"
+            )
+        trace = _pooled(traces)
         hops = (
             ("trade received by ingest − trade time", trace.received),
             ("trade entry written − received (ingest's queue)", trace.queued),
@@ -125,11 +158,6 @@ def run(smoke: bool) -> list[Row]:
         for what, values in hops:
             rows.append(Row(stage, f"{what}, p50", pct(values, 50), "ms"))
             rows.append(Row(stage, f"{what}, p99", pct(values, 99), "ms"))
-        NOTES.append(
-            f"boundary @ {rate:,}/s: {len(trace.total):,} candles closed by the waiter followed;"
-            f" delay p99 − waiter of all candles {pct(result.delay_ms, 99) - WAITER_MS:.0f} ms;"
-            f" CPU {result.busiest()}; load average {result.load_1m:.1f}"
-        )
     return rows
 
 

@@ -198,7 +198,9 @@ def _trade_lags(client: redis.Redis, pipe: Pipeline) -> list[int]:
 class Run:
     """One pipeline on its own Redis and simulator; stopped by `close`. `publish_env`: settings
     for the publish process only (e.g. more consumers); `modules`: another module to run a
-    stage with (e.g. bench.aggregate_nostore for aggregate)."""
+    stage with (e.g. bench.aggregate_nostore for aggregate); `pregenerate_s` > 0: the simulator's
+    lean load (`--pregenerate-s`: every frame built before it is ready, so the load costs little
+    CPU during the run) covering that many seconds, instead of its live market loop."""
 
     def __init__(
         self,
@@ -208,8 +210,10 @@ class Run:
         profile: str | None,
         publish_env: dict[str, str] | None = None,
         modules: dict[str, str] | None = None,
+        pregenerate_s: float = 0.0,
     ) -> None:
         self.tmp = tmp
+        self.pregenerate_s = pregenerate_s
         self.publish_env = publish_env or {}
         self.modules = modules or {}
         self.server = RedisProcess(tmp / "redis").start()
@@ -224,11 +228,22 @@ class Run:
             raise
 
     def _start(self, symbols: int, rate: int, profile: str | None) -> None:
-        sim_args = ("--port", "0", "--symbols", str(symbols), "--rate", str(rate), "--seed", "7")
+        sim_args: tuple[str, ...] = (
+            "--port",
+            "0",
+            "--symbols",
+            str(symbols),
+            "--rate",
+            str(rate),
+            "--seed",
+            "7",
+        )
+        if self.pregenerate_s:
+            sim_args += ("--pregenerate-s", str(self.pregenerate_s))
         sim_proc = python_module("simulator", *sim_args, env={}, log_path=self.tmp / "sim.log")
         sim = Sim(sim_proc, "", "", self.tmp / "no-ledger")
         self.pipe = Pipeline(self.tmp, self.server.url, sim, SHARDS, INTERVALS, _env())
-        sim_proc.wait_output("simulator ready", 30)
+        sim_proc.wait_output("simulator ready", 30 + self.pregenerate_s)
         ws_url, rest_url = sim_proc.output().split("simulator ready ", 1)[1].split()[:2]
         self.pipe.sim.ws_url, self.pipe.sim.rest_url = ws_url, rest_url
         for stage in STAGES:

@@ -16,6 +16,7 @@ from simulator.instruments import build_universe
 from simulator.ledger import Ledger
 from simulator.market import Market
 from simulator.replay import instruments_of, load_capture
+from simulator.script import build_script
 from simulator.server import ServerConfig, Simulator
 from simulator.sources import GeneratedSource, ReplaySource, Source, replay_shift_ms
 
@@ -40,6 +41,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--burst-ms", type=int, default=500)
     p.add_argument("--burst-factor", type=float, default=10.0)
     p.add_argument("--max-batch", type=int, default=1024, help="trades per message, 1..1024")
+    p.add_argument(
+        "--pregenerate-s", type=float, default=0.0,
+        help="build this many seconds of trade frames before ready and play them as they are "
+        "(a lean load for benchmarks: trade topics only; 0 = the live market loop)",
+    )  # fmt: skip
     p.add_argument("--replay", type=Path, default=None, help="capture .jsonl or .jsonl.zst")
     p.add_argument("--speed", type=float, default=1.0, help="replay speed factor")
     p.add_argument("--replay-lead-s", type=float, default=1.0, help="wall time before the first")
@@ -79,6 +85,14 @@ def _check(args: argparse.Namespace) -> None:
         problems.append("--refuse-subscribe and --stall-subscribe must be >= 0")
     if args.refuse_subscribe + args.stall_subscribe > 1:
         problems.append("--refuse-subscribe + --stall-subscribe must be at most 1")
+    if args.pregenerate_s < 0 or (args.pregenerate_s > 0 and args.replay is not None):
+        problems.append("--pregenerate-s must be >= 0, and 0 with --replay")
+    faulty = (
+        args.ledger or args.kline_ledger or args.delay or args.drop_every_s or (args.malformed_rate)
+    )
+    if args.pregenerate_s > 0 and faulty:
+        problems.append("--pregenerate-s plays trades only: no --ledger, --kline-ledger, "
+                        "--delay, --drop-every-s or --malformed-rate with it")  # fmt: skip
     if args.loop_ms < 1 or args.kline_push_ms < 1:
         problems.append("--loop-ms and --kline-push-ms must be >= 1")
     if problems:
@@ -91,6 +105,7 @@ def build(args: argparse.Namespace) -> Simulator:
     category = Category(args.category)
     start_ms = int(time.time() * 1000) + args.clock_offset_ms
     source: Source
+    script = None
     if args.replay is not None:
         capture = load_capture(args.replay, category)
         instruments = instruments_of(capture, category)
@@ -110,6 +125,11 @@ def build(args: argparse.Namespace) -> Simulator:
             ),
         )  # fmt: skip
         source = GeneratedSource(generator, args.loop_ms, start_ms)
+        if args.pregenerate_s > 0:
+            script = build_script(
+                generator, category, instruments, args.pregenerate_s, args.loop_ms, start_ms
+            )
+            start_ms = int(time.time() * 1000) + args.clock_offset_ms  # the market clock's 0
     market = Market(
         category, instruments, source, start_ms, args.kline_push_ms, args.confirm_delay_ms
     )
@@ -127,4 +147,4 @@ def build(args: argparse.Namespace) -> Simulator:
         args.host, args.port, args.ack_delay_ms, args.idle_timeout_s, args.loop_ms,
         args.clock_offset_ms, args.speed,
     )  # fmt: skip
-    return Simulator(config, market, faults, Ledger(args.ledger), Ledger(args.kline_ledger))
+    return Simulator(config, market, faults, Ledger(args.ledger), Ledger(args.kline_ledger), script)

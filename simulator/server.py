@@ -20,6 +20,7 @@ from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from common.bybitws import Outcome, Session
 from common.lifecycle import TaskSet, until_stopped
@@ -28,6 +29,7 @@ from simulator.frames import Encoded
 from simulator.ledger import Ledger
 from simulator.market import KlineMessage, Market
 from simulator.rest import Rest
+from simulator.script import Script
 
 log = logging.getLogger(__name__)
 MAX_BUFFER = 256 * 2**20  # bytes queued for one client before it is dropped
@@ -60,8 +62,10 @@ class Simulator:
         faults: Faults,
         ledger: Ledger,
         kline_ledger: Ledger,
+        script: Script | None = None,
     ) -> None:
         self.config = config
+        self.script = script
         self.market = market
         self.rest = Rest(market, faults.rest_failure)
         self.faults = faults
@@ -105,7 +109,10 @@ class Simulator:
                 flush=True,
             )
             tasks = TaskSet()
-            tasks.spawn(self._market_loop(), "market")
+            if self.script is not None:
+                tasks.spawn(self._play_loop(self.script), "script")
+            else:
+                tasks.spawn(self._market_loop(), "market")
             tasks.spawn(self._idle_loop(), "idle")
             if self.faults.config.drop_every_s > 0:
                 tasks.spawn(self._drop_loop(), "drop")
@@ -211,6 +218,26 @@ class Simulator:
             await asyncio.sleep(max(0.0, next_s - time.monotonic()))
             if time.monotonic() - next_s > 1.0:  # far behind: do not try to catch up
                 next_s = time.monotonic()
+
+    async def _play_loop(self, script: Script) -> None:
+        """Each pre-built frame at its time, written to its subscribers' sockets as it is."""
+        sends = script.sends
+        now_ms = self.now_ms()
+        i = next((i for i, send in enumerate(sends) if send.at_ms >= now_ms), len(sends))
+        if i:
+            log.warning("script: %d messages were due before the simulator was ready", i)
+        while i < len(sends):
+            now_ms = self.now_ms()
+            while i < len(sends) and sends[i].at_ms <= now_ms:
+                send = sends[i]
+                for ws in self.subscribers.get(send.topic, ()):
+                    if ws.protocol.state is State.OPEN:
+                        ws.transport.write(send.frame)
+                i += 1
+            self._drop_slow_consumers()
+            if i < len(sends):
+                await asyncio.sleep((sends[i].at_ms - self.now_ms()) / 1000)
+        log.info("script: all %d trades sent", script.trades)
 
     def _drop_slow_consumers(self) -> None:
         """A client that cannot keep up is disconnected (as exchanges do) instead of letting
