@@ -47,7 +47,13 @@ def main(argv: list[str]) -> int:
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
-        ws.exit()
+        # pybit reconnects when its closing socket reports an error (a race with exit()), and
+        # exit() then waits for the new socket without a limit: no reconnect from here on, and
+        # at most 5 s for its threads (daemons) to let go.
+        ws.handle_error = False
+        closing = threading.Thread(target=ws.exit, daemon=True)
+        closing.start()
+        closing.join(5)
     return 0
 
 
