@@ -13,6 +13,7 @@ import sys
 import time
 
 from bench.report import Row, table
+from common.cli import add_version
 
 MODULES = [
     "simulator", "ingest", "aggregate", "core", "publish", "postgres", "pipeline", "history",
@@ -23,7 +24,11 @@ ON_REQUEST = ["replay"]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="The benchmarks (docs/benchmarks.md), one markdown table on stdout.",
+    )
+    add_version(parser)
     parser.add_argument("--smoke", action="store_true", help="short runs that only prove it works")
     parser.add_argument(
         "names", nargs="*", default=MODULES, help=f"any of {', '.join(MODULES + ON_REQUEST)}"

@@ -31,7 +31,6 @@ replay` of Bybit's archive files, through the aggregator's normal write path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import urllib.parse
@@ -46,6 +45,7 @@ from common.errors import BadMessageError, RetryableError
 from common.history import BACKFILLED, member_of
 from common.intervals import Calendar, Interval
 from common.keys import Keys
+from common.lifecycle import sleep_or_stop
 from common.settings import IngestSettings
 from common.sharding import shard_of
 from common.wire import BackfilledCandle, Candle, candle_encoder
@@ -56,7 +56,7 @@ from ingest.rest import _get as http_get
 log = logging.getLogger(__name__)
 
 REQUESTS_PER_S = 20.0
-"""Bybit allows 600 requests per 5 s per IP (reference/bybit-v5-public.md §2.5); the backfill
+"""Bybit allows 600 requests per 5 s per IP (Bybit's V5 rate limits: docs/protocol.md); the backfill
 takes a sixth of that, leaving the rest to klines mode and gap repair."""
 WORKERS = 4
 CLOCK_REFRESH_S = 10.0
@@ -215,8 +215,7 @@ class Backfill:
                     return
             except (RetryableError, BadMessageError, OSError) as exc:
                 log.warning("history backfill: the exchange's clock: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), CLOCK_REFRESH_S)
+            await sleep_or_stop(stop, CLOCK_REFRESH_S)
 
     async def _pass(
         self,

@@ -29,7 +29,9 @@ sub-commands:
 
 def main(argv: list[str] | None = None) -> int:
     parser = command_parser("python -m ops", DESCRIPTION)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{status,verify}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{status,verify,backfill-db}"
+    )
     status = commands.add_parser("status", help="the pipeline at a glance; exit 1 if unhealthy")
     status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     verify = commands.add_parser(
@@ -45,10 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         "--to", dest="to_ms", type=_time_ms, default=None,
         help="open time up to, exclusive (ms or ISO 8601 UTC)",
     )  # fmt: skip
-    commands.add_parser(
+    backfill = commands.add_parser(
         "backfill-db",
         help="upsert every candle Redis holds (history store, candle streams) into PostgreSQL",
+        description="Upsert every candle Redis holds (the history store, then the candle "
+        "streams) into the PostgreSQL table of STREAMER_POSTGRES_DSN; idempotent.",
     )
+    add_version(backfill)
     args = parser.parse_args(argv)
     model: type[CommonSettings] = AggregateSettings if args.command == "verify" else PublishSettings
     try:

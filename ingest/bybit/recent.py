@@ -17,7 +17,8 @@ from common.wire import Category, Side, Trade
 
 SPOT_LIMIT = 60
 LIMIT = 1000
-"""The most trades one answer holds: spot 60, every other category 1000 (reference §7)."""
+"""The most trades one answer holds: spot 60, every other category 1000 (Bybit's
+`GET /v5/market/recent-trade`, its `limit`)."""
 
 RATE_LIMITED = frozenset({10006, 10018})
 """retCodes that mean "too many requests": wait before asking anything again."""

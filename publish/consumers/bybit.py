@@ -18,9 +18,10 @@ import msgspec
 from common.bybitws import KlineItem
 from common.errors import ConfigError
 from common.intervals import Calendar, Interval
+from common.settings import SYMBOL_TEXT
 from publish.consumers.topics import SeriesKey
 
-_SYMBOL = re.compile(r"^[A-Z0-9]{1,40}$")
+_SYMBOL = re.compile(f"^{SYMBOL_TEXT}$")  # the symbols the settings accept (e.g. BTC-26DEC25)
 
 
 class KlineFields(msgspec.Struct, gc=False):

@@ -36,9 +36,7 @@ from typing import Any, Literal, NamedTuple, Self
 import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.backoff import backoff
 from common.errors import StreamerError
@@ -46,13 +44,13 @@ from common.intervals import Calendar, Interval
 from common.keys import Keys
 from common.logs import RateLimitedLog
 from common.redisconn import AnyRedis
+from common.rediserrors import REDIS_DOWN
 from common.wire import STREAM_FIELD, CandleView, candle_view_decoder
 from streamer.client.fill import Fill, read_fill
 
 log = logging.getLogger("streamer.client")
 limited = RateLimitedLog(log)
 
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 CLUSTER_POLL_S = 0.02
 START = b"0-0"
 SeriesTime = tuple[str, str, int]

@@ -20,6 +20,8 @@ COMMANDS = [
     (("ops",), ("status", "verify", ".env.example")),
     (("ops", "status"), ("--json",)),
     (("ops", "verify"), ("--from", "--to")),
+    (("ops", "backfill-db"), ("PostgreSQL", "STREAMER_POSTGRES_DSN")),
+    (("bench",), ("--smoke", "boundary", "docs/benchmarks.md")),
 ]
 
 

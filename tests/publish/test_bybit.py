@@ -24,6 +24,8 @@ def test_bybit_codes_and_labels_name_configured_series() -> None:
         "kline.W.BTCUSDT": ("W", ("1w", "BTCUSDT")),
         "kline.1w.BTCUSDT": ("1w", ("1w", "BTCUSDT")),
         "kline.M.BTCUSDT": ("M", ("1M", "BTCUSDT")),
+        "kline.60.BTC-26DEC25": ("60", (3_600_000, "BTC-26DEC25")),  # a dated future
+        "kline.1s.ETH-27MAR26": ("1s", (1000, "ETH-27MAR26")),
     }
     for text, (code, key) in cases.items():
         topic = PARSER.parse(text)
