@@ -7,6 +7,7 @@ that a developer's own .env and a `make run` of theirs are left alone.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -134,8 +135,22 @@ def test_cp_env_example_make_demo_then_make_status(tmp_path: Path) -> None:
         assert "streamer_ingest_trades_total" in _metrics(base)
         assert "streamer_candle_delay_seconds_bucket" in _metrics(base + 1)
         assert "streamer_publish_candles_total" in _metrics(base + 2)
+        # the chart's address, printed as the README says, answers with the page and its library
+        printed = re.search(r"demo: live chart at (http://\S+/chart) \(user demo, key demo\)", out)
+        assert printed, out[-3000:]
+        page = _get(printed.group(1), "demo", "demo")
+        assert "<title>Candles" in page
+        assert "LightweightCharts" in _get(printed.group(1) + "/lib.js", "demo", "demo")
     finally:
         _stop(demo, env)
+
+
+def _get(url: str, user: str, key: str) -> str:
+    token = base64.b64encode(f"{user}:{key}".encode()).decode()
+    request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        text: str = answer.read().decode()
+        return text
 
 
 @pytest.mark.parametrize(("target", "redis_kept"), [("clean", True), ("clean-data", False)])

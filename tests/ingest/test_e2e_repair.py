@@ -5,6 +5,8 @@ ingest comes back from recent-trade, once, in its shard, with a repair entry say
 from __future__ import annotations
 
 import collections
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from tests.ingest.e2e_support import (
     start_simulator,
 )
 from tests.support.procs import Proc
+from tests.support.redisproc import RedisProcess
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
@@ -99,3 +102,56 @@ def test_on_spot_a_busy_symbol_is_not_complete(tmp_path: Path, redis_url: str) -
     written = set(streams.trade_keys())
     sent, missed = set(ledger_keys(sim)), set(ledger_keys(sim, missed=True))
     assert sent <= written <= sent | missed and written & missed
+
+
+def test_a_buffer_overflow_while_redis_stalls_comes_back_from_recent_trade(
+    tmp_path: Path, own_redis: RedisProcess
+) -> None:
+    """Redis frozen (SIGSTOP) for ~2 s of trading: ingest's buffer (100 items here) drops its
+    oldest, writes a buffer-overflow gap once Redis answers again, and the repair fetches the
+    dropped trades back from recent-trade: every trade the exchange sent is written, once."""
+    sim = start_simulator(tmp_path, "--symbols", "30", "--rate", "400")
+    env = ingest_env(
+        sim, own_redis.url, STREAMER_SHARD_IDS="0,1,2", STREAMER_INGEST_BUFFER_MAX="100",
+        STREAMER_LEASE_TTL_MS="30000",  # the leases outlive the stall: no `unowned` gap here
+    )  # fmt: skip
+    ingest = start_ingest(tmp_path, env)
+    try:
+        wait_until(lambda: len(read_streams(own_redis.url).trade_keys()) > 200, 30, "trades")
+        assert own_redis.proc is not None
+        sent_before = len(sim.trades())
+        os.kill(own_redis.proc.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: len(sim.trades()) > sent_before + 800, 20, "2 s of trades")
+        finally:
+            os.kill(own_redis.proc.pid, signal.SIGCONT)
+
+        def repaired() -> Streams | None:
+            streams = read_streams(own_redis.url)
+            overflows = [g for k in range(3) for g in streams.gaps[k]
+                         if g.reason == "buffer-overflow"]  # fmt: skip
+            left = [u for k in range(3) for u in streams.unrepaired(k)]
+            return streams if overflows and not left else None
+
+        wait_until(repaired, 60, "the buffer-overflow gap repaired")
+    finally:
+        assert sim.proc.stop() == 0
+        assert ingest.stop() == 0
+    streams = read_streams(own_redis.url)
+    written = streams.trade_keys()
+    assert [k for k, n in collections.Counter(written).items() if n > 1] == []
+    assert set(written) <= set(ledger_keys(sim))
+    overflows = {(k, g.from_ms, g.to_ms, tuple(g.symbols)) for k in range(3)
+                 for g in streams.gaps[k] if g.reason == "buffer-overflow"}  # fmt: skip
+    owed = {
+        (k, str(t["symbol"]), str(t["i"]))
+        for t in sim.trades()
+        for k, f, to, symbols in overflows
+        if str(t["symbol"]) in symbols and f <= int(str(t["T"])) <= to
+    }
+    assert len(owed) > 100  # the overflow dropped trades, and they are owed back
+    assert owed <= set(written), f"{len(owed - set(written))} of {len(owed)} not repaired"
+    for k, f, to, symbols in overflows:
+        reports = [r for r in streams.repairs[k] if (r.from_ms, r.to_ms) == (f, to)]
+        assert {s for r in reports for s in r.complete} == set(symbols)
+    assert "buffer" in ingest.output()

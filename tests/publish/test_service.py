@@ -385,3 +385,27 @@ async def test_a_batch_failing_at_shutdown_keeps_the_later_ones_from_moving_the_
     await asyncio.wait_for(task, 10)
     assert consumer.got == [] and _positions(sync, "sink") == before
     sync.close()
+
+
+async def test_health_is_red_while_a_consumer_is_behind_its_bound_and_green_after(
+    redis_url: str,
+) -> None:
+    settings = ws_settings(1, redis_url=redis_url, shards=2, publish_batch=10)
+    settings = settings.model_copy(update={"consumer_health_lag_s": 0.5})
+    stalled = Stalled()
+    stalled.settings = settings
+    service = PublishService(settings, [stalled])
+    stop = asyncio.Event()
+    task = await _run_until(service, stop)
+    assert service.health()[0]
+    sync = redis.Redis.from_url(redis_url)
+    xadd_candles(sync, series(5))
+    # held by the consumer: its lag grows past the bound, and /health says which and by how much
+    await async_wait_until(lambda: _true(not service.health()[0]), what="health red")
+    ok, reason = service.health()
+    assert not ok and reason.startswith("stalled: ") and "behind (bound 0.5 s)" in reason
+    stalled.release.set()
+    await async_wait_until(lambda: _true(service.health()[0]), what="health green again")
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    sync.close()
