@@ -11,8 +11,10 @@ so `kline_stream(interval="1s", ...)` subscribes to `kline.1s.<symbol>`.
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -44,16 +46,21 @@ def main(argv: list[str]) -> int:
 
     for interval in intervals:
         ws.kline_stream(interval=interval, symbol=symbol, callback=show)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        # pybit reconnects when its closing socket reports an error (a race with exit()), and
-        # exit() then waits for the new socket without a limit: no reconnect from here on, and
-        # at most 5 s for its threads (daemons) to let go.
-        ws.handle_error = False
-        closing = threading.Thread(target=ws.exit, daemon=True)
-        closing.start()
-        closing.join(5)
+    # Ctrl-C or SIGTERM ends it. A timed sleep, not an untimed wait: a signal the kernel hands to
+    # one of pybit's threads interrupts nothing, and the main thread runs Python's handler only
+    # when it next wakes (an untimed wait could sleep through it forever).
+    stopped: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda number, _frame: stopped.append(number))
+    while not stopped:
+        time.sleep(0.2)
+    # pybit reconnects when its closing socket reports an error (a race with exit()), and exit()
+    # then waits for the new socket without a limit: no reconnect from here on, and at most 5 s
+    # for its threads (daemons) to let go.
+    ws.handle_error = False
+    closing = threading.Thread(target=ws.exit, daemon=True)
+    closing.start()
+    closing.join(5)
     return 0
 
 
