@@ -88,3 +88,16 @@ def own_pg() -> Iterator[PostgresProcess]:
     server = PostgresProcess().start()
     yield server
     server.destroy()
+
+
+E2E_TIMEOUT_S = 420
+"""The hang guard of an end-to-end test with no timeout of its own (pyproject's 180 s is for the
+rest). Their waits have deadlines of their own; this only stops a hung one. Real processes on a
+2-core machine shared with other jobs take up to ~2.5× their quiet time (a 33 s repair test took
+70 s in one full run), which would put a 73 s test near 180 s."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("e2e") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(E2E_TIMEOUT_S))
