@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -195,6 +196,10 @@ def _trade_lags(client: redis.Redis, pipe: Pipeline) -> list[int]:
     return lags
 
 
+class StageDown(Exception):
+    """A stage of the trial did not come up."""
+
+
 class Run:
     """One pipeline on its own Redis and simulator; stopped by `close`. `publish_env`: settings
     for the publish process only (e.g. more consumers); `modules`: another module to run a
@@ -220,12 +225,24 @@ class Run:
         self.client = self.server.client()
         self.arrivals: _Arrivals | None = None
         self.profile_path = tmp / f"{profile}.prof"
-        self.ports = {stage: free_port() for stage in STAGES}
-        try:
-            self._start(symbols, rate, profile)
-        except BaseException:
-            self.close()
-            raise
+        for attempt in range(2):
+            self._attempt = attempt  # a log of its own: wait_output must not see the first's
+            self.ports = {stage: free_port() for stage in STAGES}
+            try:
+                self._start(symbols, rate, profile)
+                break
+            except StageDown as exc:
+                # Most often a port taken between free_port() choosing it and the stage binding
+                # it (another process's outgoing connection): once more on fresh ports.
+                self._stop_processes()
+                if attempt:
+                    self.close()
+                    raise
+                print(f"  a stage did not come up ({exc}); starting once more", file=sys.stderr)
+                self.client.flushall()
+            except BaseException:
+                self.close()
+                raise
 
     def _start(self, symbols: int, rate: int, profile: str | None) -> None:
         sim_args: tuple[str, ...] = (
@@ -240,7 +257,9 @@ class Run:
         )
         if self.pregenerate_s:
             sim_args += ("--pregenerate-s", str(self.pregenerate_s))
-        sim_proc = python_module("simulator", *sim_args, env={}, log_path=self.tmp / "sim.log")
+        sim_proc = python_module(
+            "simulator", *sim_args, env={}, log_path=self.tmp / f"sim{self._attempt or ''}.log"
+        )
         sim = Sim(sim_proc, "", "", self.tmp / "no-ledger")
         self.pipe = Pipeline(self.tmp, self.server.url, sim, SHARDS, INTERVALS, _env())
         sim_proc.wait_output("simulator ready", 30 + self.pregenerate_s)
@@ -256,7 +275,11 @@ class Run:
                 module, stage, *args, STREAMER_METRICS_PORT=str(self.ports[stage]), **extra
             )
             if stage == "publish":
-                wait_for_ws(self.pipe.ws_port)
+                try:
+                    wait_for_ws(self.pipe.ws_port)
+                except AssertionError as exc:
+                    out = self.pipe.procs["publish"].output()[-800:]
+                    raise StageDown(f"{exc}; publish's log ends: {out}") from None
                 self.arrivals = _Arrivals(self.pipe.ws_port)
 
     def pids(self) -> dict[str, int]:
@@ -348,8 +371,14 @@ class Run:
         result.redis_hour_mb = (used - sizes["trades"][1] - sizes["klines"][1] + hour) / 2**20
 
     def close(self) -> None:
+        self._stop_processes()
+        self.client.close()
+        self.server.stop()
+
+    def _stop_processes(self) -> None:
         if self.arrivals is not None:
             self.arrivals.stop()
+            self.arrivals = None
         if hasattr(self, "pipe"):
             procs = [*self.pipe.procs.values(), self.pipe.sim.proc]
             for proc in procs:  # all at once: the slowest drain, not the sum of them
@@ -359,8 +388,7 @@ class Run:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.popen.wait(20)
                 proc.stop()  # closes its log (one that ignored SIGTERM: killed, and raises)
-        self.client.close()
-        self.server.stop()
+            del self.pipe
 
 
 def _env() -> dict[str, str]:
