@@ -400,11 +400,14 @@ async def stream_ids(
 async def open_repairs(
     redis: aioredis.Redis, stream: str, since_ms: int, before_ms: int
 ) -> list[tuple[list[str], int, int]]:
-    """Gaps written from `since_ms` to before `before_ms` whose repair no entry reported, per
-    window: (symbols, from, to), oldest first. Read newest first, and at most TAKE_UP_ENTRIES
-    entries back (a busy shard's seconds: the gaps left further back stay flagged)."""
+    """Gaps written from `since_ms` to before `before_ms` whose repair no later entry reported,
+    per window: (symbols, from, to), oldest first. Read newest first, and at most TAKE_UP_ENTRIES
+    entries back (a busy shard's seconds: the gaps left further back stay flagged). A repair
+    closes only the gap entries written before it: a replica taking a shard over may write a
+    window again that the previous owner had reported and repaired (its own connection missed
+    the same trades), and the aggregator holds that second entry open until a repair follows."""
     gapped: dict[tuple[int, int], set[str]] = {}
-    repaired: dict[tuple[int, int], set[str]] = {}
+    repaired: dict[tuple[int, int], set[str]] = {}  # by the repair entries read so far (later)
     end, read = "+", 0
     while read < TAKE_UP_ENTRIES:
         rows: Any = await redis.xrevrange(
@@ -416,12 +419,14 @@ async def open_repairs(
                 continue
             entry = entry_decoder.decode(data)
             if isinstance(entry, GapEntry) and int(entry_id.split(b"-")[0]) < before_ms:
-                gapped.setdefault((entry.from_ms, entry.to_ms), set()).update(entry.symbols)
+                window = (entry.from_ms, entry.to_ms)
+                unreported = set(entry.symbols) - repaired.get(window, set())
+                if unreported:
+                    gapped.setdefault(window, set()).update(unreported)
             elif isinstance(entry, RepairEntry):
                 repaired.setdefault((entry.from_ms, entry.to_ms), set()).update(entry.symbols)
         read += len(rows)
         if len(rows) < READ_BATCH:
             break
         end = "(" + rows[-1][0].decode()
-    left = {w: s - repaired.get(w, set()) for w, s in gapped.items()}
-    return [(sorted(s), f, t) for (f, t), s in sorted(left.items()) if s]
+    return [(sorted(s), f, t) for (f, t), s in sorted(gapped.items())]
