@@ -40,13 +40,12 @@ async def follow(
     token = base64.b64encode(f"{user}:{key}".encode()).decode()
     revisions: dict[tuple[str, int, int], int] = {}  # (symbol, interval, open time) -> revision
     newest: dict[tuple[str, int], int] = {}  # series -> the newest open time held
+    since = since_ms
     async for ws in connect(url, additional_headers={"Authorization": f"Basic {token}"}):
-        # From the least newest open time of all series: no series misses anything; the
-        # candles held already come again and are skipped below.
-        since = min(newest.values()) if newest else since_ms
         try:
             await ws.send(json.dumps({"op": "subscribe", "args": topics, "since": since}))
             subscribed = False
+            history = 0  # candles of the history still to come (the reply says how many)
             while not stop.is_set():
                 try:
                     message = await asyncio.wait_for(ws.recv(), 0.5)
@@ -57,6 +56,7 @@ async def follow(
                     if not frame["success"]:
                         raise RuntimeError(f"subscribe refused: {frame['ret_msg']}")
                     subscribed = True
+                    history = int(frame["ret_msg"].split()[1])  # "subscribed; N candles of ..."
                     continue
                 if not subscribed:
                     continue  # before the subscribe: the whole feed, not ours
@@ -69,6 +69,13 @@ async def follow(
                     revisions[at] = candle["revision"]
                     newest[series] = max(candle["timestamp"], newest.get(series, 0))
                     on_candle(candle, held is not None)
+                history -= len(frame)
+                if history <= 0:
+                    # Every series has its history: the next connection starts at the least
+                    # newest open time of all series, so none misses anything (the candles held
+                    # already come again and are skipped above). Cut before that, the series
+                    # the history had not come to yet got nothing: start from `since` again.
+                    since = min(newest.values(), default=since)
         except ConnectionClosed:
             continue  # connect() waits a little, then reconnects
         if stop.is_set():

@@ -59,13 +59,28 @@ class Connection:
     reply: str
     raws: list[bytes] = field(default_factory=list)
 
-    def reached(self) -> int | None:
-        """The open time every series got to (the least of each series' newest)."""
+    @property
+    def history(self) -> int:
+        """The history candles the reply announced ("subscribed; N candles of M series first");
+        they come first, series by series."""
+        return int(self.reply.split()[1])
+
+    def history_complete(self) -> bool:
+        return len(self.raws) >= self.history
+
+    def newest(self) -> dict[Series, int]:
         newest: dict[Series, int] = {}
         for raw in self.raws:
             symbol, interval, ts, _ = version(raw)
             newest[(symbol, interval)] = max(ts, newest.get((symbol, interval), ts))
-        return min(newest.values()) if newest else None
+        return newest
+
+    def reached(self) -> int | None:
+        """The open time every series got to (the least of each series' newest); None while
+        the history is incomplete: the series it had not come to yet got nothing, so a
+        reconnect resumes from this connection's own `since`."""
+        newest = self.newest()
+        return min(newest.values()) if newest and self.history_complete() else None
 
 
 class ResumingClient:
@@ -173,7 +188,15 @@ def missing(conn: Connection, stream: dict[Version, bytes], *, final: bool = Fal
     connection got that it lacks: any revision of them for a connection that ended (a revision
     may come after that), the latest one for the one that stays to the end (`final`)."""
     reached = conn.reached()
-    assert reached is not None
+    # A connection cut during its history holds the series it came to, each from `since` to its
+    # newest (series by series, oldest first); one that got its history, every series up to the
+    # least newest.
+    newest = conn.newest()
+    assert newest
+
+    def until(series: Series) -> int:
+        return newest.get(series, -1) if reached is None else reached
+
     seen: dict[Key, int] = {}
     for raw in conn.raws:
         v = version(raw)
@@ -183,7 +206,7 @@ def missing(conn: Connection, stream: dict[Version, bytes], *, final: bool = Fal
         seen[(symbol, interval, ts)] = revision
     wanted: dict[Key, int] = {}
     for symbol, interval, ts, revision in stream:
-        if conn.since <= ts <= reached:
+        if conn.since <= ts <= until((symbol, interval)):
             key = (symbol, interval, ts)
             wanted[key] = max(revision, wanted.get(key, revision)) if final else 0
     return sorted(k for k, rev in wanted.items() if seen.get(k, -1) < rev)
