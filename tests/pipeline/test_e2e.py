@@ -48,7 +48,7 @@ def check_against_ledger(
     )
     assert [k for k, n in revisions.items() if n > 1] == []
     trades = pipe.ledger_trades()
-    until_ms = max(t.time_ms for t in trades)
+    until_ms = pipe.closed_by_ms(trades)
     return check_series(trades, pipe.parsed_intervals(), latest(candles), until_ms, floors)
 
 

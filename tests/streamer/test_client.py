@@ -199,7 +199,7 @@ def test_restart_trim_fill_and_revisions_against_the_ledger(tmp_path: Path, redi
         assert {k: held.get(k) for k in stream} == stream
         # ... and every candle of every ledger series, with the ledger's values.
         trades = pipe.ledger_trades()
-        until_ms = max(t.time_ms for t in trades)
+        until_ms = pipe.closed_by_ms(trades)
         floors = {1000: 60 * 15, 2000: 60 * 7}  # 60 symbols, >= 15 s of candles
         compared = check_series(trades, pipe.parsed_intervals(), held, until_ms, floors)
         print(f"compared with the ledger: {compared}")

@@ -23,6 +23,7 @@ from redis.cluster import RedisCluster as RedisClusterClient
 from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import connect as ws_connect
 
+from aggregate import checkpoint
 from common.intervals import Interval, parse_intervals
 from common.keys import Keys
 from common.sharding import shard_of
@@ -117,6 +118,22 @@ class Pipeline:
 
     def shard_of(self, symbol: str) -> int:
         return shard_of(symbol, self.shards)
+
+    def closed_by_ms(self, trades: list[LedgerTrade]) -> int:
+        """The latest candle end by which every candle of the ledger must have closed: the last
+        trade's time, but no later than the least stream time the aggregator got to (its
+        checkpoint head) less the waiter. Once ingest stops, no clock entry comes to close a
+        candle that ended within the waiter before that: it closes when ingest is back."""
+        waiter_ms = int(self.env().get("STREAMER_AGGREGATOR_WAITER_LATENCY_MS", "80"))
+        client = self.client()
+        heads = [
+            client.hget(self.keys.state(shard), checkpoint.HEAD) for shard in range(self.shards)
+        ]
+        client.close()
+        reached = min(
+            -1 if raw is None else checkpoint.head_decoder.decode(raw).now_ms for raw in heads
+        )
+        return min(max(t.time_ms for t in trades), reached - waiter_ms)
 
     def parsed_intervals(self) -> tuple[Interval, ...]:
         return parse_intervals(self.intervals)
