@@ -9,6 +9,7 @@ from common.lifecycle import exit_with_config_error, run_service
 from common.logs import setup_logging
 from common.settings import LogFormat
 from simulator.cli import build, parser
+from simulator.server import CLOSE_WAIT_S
 
 
 def main() -> int:
@@ -22,7 +23,7 @@ def main() -> int:
     async def service(stop: asyncio.Event) -> None:
         await simulator.run(stop)
 
-    return run_service(service, shutdown_timeout_s=5.0)
+    return run_service(service, shutdown_timeout_s=CLOSE_WAIT_S + 5.0)
 
 
 if __name__ == "__main__":

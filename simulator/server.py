@@ -33,6 +33,7 @@ from simulator.script import Script
 
 log = logging.getLogger(__name__)
 MAX_BUFFER = 256 * 2**20  # bytes queued for one client before it is dropped
+CLOSE_WAIT_S = 10.0  # at stop, how long a client gets to read what it was sent
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class Simulator:
                 await until_stopped(stop, tasks)
             finally:
                 await tasks.cancel_all()
+                await self._close_clients()
                 self._close_drop_window()
                 self.ledger.close()
                 self.kline_ledger.close()
@@ -325,6 +327,23 @@ class Simulator:
             self.ledger.drop(self._drop_from_ms, self.now_ms())
             self._drop_from_ms = None
             self.ledger.flush()
+
+    async def _close_clients(self) -> None:
+        """At stop, after the last trade: close each client's connection with a close frame,
+        behind everything sent to it, and wait for its answer. A client that answers has read
+        every trade the ledger says it was sent; one busy elsewhere gets CLOSE_WAIT_S, as the
+        ledger is a test's truth (cut sooner, the frames still queued were lost)."""
+        conns = {ws: client.session.conn_id for ws, client in self.clients.items()}
+        for ws in conns:
+            ws.close_timeout = CLOSE_WAIT_S
+        await asyncio.gather(*(ws.close(1001, "simulator stopping") for ws in conns))
+        unread = [conn_id for ws, conn_id in conns.items() if ws.protocol.close_rcvd is None]
+        if unread:
+            log.warning(
+                "stopping: %d clients did not read their last frames within %.0f s (%s); "
+                "the ledger's last trades for them may not have arrived",
+                len(unread), CLOSE_WAIT_S, ", ".join(unread),
+            )  # fmt: skip
 
     def _abort(self, ws: ServerConnection) -> None:
         """Close the TCP connection without a close frame (the client sees 1006, as on Bybit);

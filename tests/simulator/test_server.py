@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -12,6 +15,7 @@ from typing import Any
 import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.sync.client import connect as sync_connect
 
 from tests.simulator.conftest import Sim
 from tests.support.waiting import async_wait_until, wait_until
@@ -234,3 +238,33 @@ def test_one_ready_line_and_sigint_stops_cleanly(tmp_path: Any) -> None:
     assert sim.proc.stop() == 0
     ready = [line for line in sim.proc.output().splitlines() if "ready" in line]
     assert ready == [f"simulator ready {sim.ws_url} {sim.http_url}"]
+
+
+def test_a_client_busy_at_the_stop_still_gets_every_trade_the_ledger_says_it_was_sent(
+    sim_factory: Any,
+) -> None:
+    """The ledger is every test's truth: at stop, a trade it lists as sent must reach a client
+    that reads it late. The simulator used to cut its connections 5 s into the stop (its drain
+    limit), and the frames still queued were lost: a client 6 s behind missed trades the ledger
+    listed as sent."""
+    sim: Sim = sim_factory("--symbols", "4", "--rate", "20000", "--quiet-fraction", "0")
+    got: set[str] = set()
+    with sync_connect(sim.ws_url, max_size=None, max_queue=1) as ws:
+        # Little held on our side, so the most waits at the simulator's (as with a client whose
+        # kernel buffers are full).
+        ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+        args = [f"publicTrade.{s}" for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT")]
+        ws.send(json.dumps({"op": "subscribe", "args": args}))
+        while len(got) < 1000:
+            got.update(t["i"] for t in json.loads(ws.recv(timeout=10)).get("data", []))
+        # Not reading any more while trades go on being sent and queued ...
+        wait_until(lambda: len(sim.ledger_lines()) > len(got) + 40_000, 20, "trades queued")
+        sim.proc.popen.send_signal(signal.SIGTERM)
+        time.sleep(6.0)  # ... and busy elsewhere for a while as the exchange stops (the scenario)
+        with contextlib.suppress(websockets.ConnectionClosedOK):
+            while True:
+                got.update(t["i"] for t in json.loads(ws.recv(timeout=10)).get("data", []))
+    assert sim.proc.popen.wait(20) == 0
+    sent = {str(x["i"]) for x in sim.ledger_lines() if "drop" not in x}
+    assert len(sent) > 40_000
+    assert sent - got == set()
