@@ -166,8 +166,20 @@ def test_kill9_with_a_hot_standby_loses_nothing(tmp_path: Path, redis_url: str) 
     expected = {
         (shard_of(str(t["symbol"]), 3), str(t["symbol"]), str(t["i"])) for t in sim.trades()
     }
-    wait_until(lambda: set(read_streams(redis_url).trade_keys()) >= expected, 20,
-               f"all {len(expected)} ledger trades in the streams")  # fmt: skip
+
+    def all_written() -> bool:
+        return set(read_streams(redis_url).trade_keys()) >= expected
+
+    try:
+        wait_until(all_written, 60, f"all {len(expected)} ledger trades in the streams")
+    except AssertionError:
+        lacking = expected - set(read_streams(redis_url).trade_keys())
+        sent = {str(t["i"]): t for t in sim.trades()}
+        times = sorted(int(str(sent[i]["T"])) - killed_ms for _, _, i in lacking)
+        raise AssertionError(
+            f"{len(lacking)} ledger trades not in the streams, at ms from the kill: "
+            f"{times[:5]}..{times[-5:]}\nsurvivor:\n{b.output()[-4000:]}"
+        ) from None
     assert b.stop() == 0
     streams = read_streams(redis_url)
     counts = collections.Counter(streams.trade_keys())
