@@ -97,13 +97,16 @@ def _follow(run: Run, from_ms: int, to_ms: int) -> Trace:
 
 
 def trial(
-    rate: int, window_s: float, symbols: int = 500, lean: bool = True
+    rate: int, window_s: float, symbols: int = 500, lean: bool = True, aggregate_replicas: int = 1
 ) -> tuple[Trace, Result]:
     """One pipeline run, followed; `lean`: the simulator plays pre-built frames (its load costs
     little CPU), else its live market loop draws and encodes every trade during the run."""
     with tempfile.TemporaryDirectory(prefix="bench-boundary-") as tmp:
         pregenerate_s = window_s + LEAN_HEADROOM_S if lean else 0.0
-        run = Run(Path(tmp), symbols, rate, None, pregenerate_s=pregenerate_s)
+        run = Run(
+            Path(tmp), symbols, rate, None, pregenerate_s=pregenerate_s,
+            aggregate_replicas=aggregate_replicas,
+        )  # fmt: skip
         try:
             run.warm_up()
             result = Result(symbols, rate, window_s)

@@ -216,9 +216,11 @@ class Run:
         publish_env: dict[str, str] | None = None,
         modules: dict[str, str] | None = None,
         pregenerate_s: float = 0.0,
+        aggregate_replicas: int = 1,
     ) -> None:
         self.tmp = tmp
         self.pregenerate_s = pregenerate_s
+        self.aggregate_replicas = aggregate_replicas
         self.publish_env = publish_env or {}
         self.modules = modules or {}
         self.server = RedisProcess(tmp / "redis").start()
@@ -271,6 +273,9 @@ class Run:
             if stage == profile:
                 module, args = "cProfile", ("-o", str(self.profile_path), "-m", module)
             extra = self.publish_env if stage == "publish" else {}
+            if stage == "aggregate" and self.aggregate_replicas > 1:
+                self._start_aggregate_replicas(module, args)
+                continue
             self.pipe.start(
                 module, stage, *args, STREAMER_METRICS_PORT=str(self.ports[stage]), **extra
             )
@@ -281,6 +286,17 @@ class Run:
                     out = self.pipe.procs["publish"].output()[-800:]
                     raise StageDown(f"{exc}; publish's log ends: {out}") from None
                 self.arrivals = _Arrivals(self.pipe.ws_port)
+
+    def _start_aggregate_replicas(self, module: str, args: tuple[str, ...]) -> None:
+        """Replicas with the shards dealt out among them (STREAMER_SHARD_IDS: no lease
+        rebalancing to wait for); the first one's metrics port is the stage's."""
+        for k in range(self.aggregate_replicas):
+            name = "aggregate" if k == 0 else f"aggregate{k + 1}"
+            port = self.ports["aggregate"] if k == 0 else free_port()
+            ids = ",".join(str(s) for s in range(k, SHARDS, self.aggregate_replicas))
+            self.pipe.start(
+                module, name, *args, STREAMER_METRICS_PORT=str(port), STREAMER_SHARD_IDS=ids
+            )
 
     def pids(self) -> dict[str, int]:
         pids = {name: proc.pid for name, proc in self.pipe.procs.items()}

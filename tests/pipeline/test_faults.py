@@ -151,6 +151,7 @@ def run_faults(tmp_path: Path, duration_s: float) -> None:
         # Quiet end: the repairs of the gaps so far end (recent-trade answers while the exchange
         # runs), then the exchange stops; everything it sent and was received gets through.
         wait_until(lambda: not read_trade_streams(pipe).unrepaired(), 60, "the repairs to end")
+        settled_ms = time.time_ns() // 1_000_000  # every gap written by now is repaired
         assert pipe.sim.proc.stop() == 0
         ledger = pipe.ledger_trades()
         missed = pipe.missed_trades()  # made while a drop had every connection cut off
@@ -214,8 +215,18 @@ def run_faults(tmp_path: Path, duration_s: float) -> None:
                 < 1000
             )
 
-        owed = [t for t in unrepaired if within_rest_window(t)]
-        assert owed == [], f"{len(owed)} trades within the REST window not repaired: {owed[:3]}"
+        # A trade of a drop still going on (or just over, its gap not written yet) when the
+        # repairs were seen to end is left out: the exchange stopped before a repair could ask
+        # for it. 2 s: far more than a reconnect takes to write its gap here.
+        owed = [t for t in unrepaired if within_rest_window(t) and t.time_ms < settled_ms - 2000]
+        if owed:
+            near = [(a, b) for a, b in drops if a - 5000 <= owed[0].time_ms <= b + 5000]
+            gaps = [g for g in content.gaps if owed[0].symbol in g.symbols]
+            raise AssertionError(
+                f"{len(owed)} trades within the REST window not repaired: {owed[:3]}; repairs "
+                f"seen to end at {settled_ms}; drops near the first: {near}; its symbol's gaps: "
+                f"{gaps[-6:]}"
+            )
         assert len(repaired) > 0
         # Candles: exactly once in the streams, every value equal to the ledger's trades that
         # reached the pipeline (sent, or repaired: the rest are reported in gaps, and the
