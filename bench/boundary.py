@@ -34,6 +34,7 @@ from common.wire import STREAM_FIELD, ClockEntry, TradesEntry, entry_decoder
 
 NOTES: list[str] = []
 TRIALS = 3
+REPLICAS = 2  # aggregate processes of the second layout (STREAMER_SHARD_IDS 0,2 and 1,3)
 LEAN_HEADROOM_S = 45.0  # the lean load's seconds beyond the window: start-up and warm-up
 
 
@@ -128,39 +129,51 @@ def _pooled(traces: list[Trace]) -> Trace:
 
 
 def run(smoke: bool) -> list[Row]:
-    """Per rate, TRIALS runs on the lean load: each one's candle delay p99 − waiter (the target
-    rows), then the hops over all of them pooled."""
+    """Per rate and layout (one aggregate process for the four shards, or REPLICAS of them with
+    the shards dealt out), TRIALS runs on the lean load: each one's candle delay p99 − waiter
+    (the target rows), then the hops over all of them pooled."""
     NOTES.clear()
-    rates, window_s, trials = ([2_000], 3.0, 1) if smoke else ([5_000, 20_000], 25.0, TRIALS)
+    layouts: tuple[int, ...]
+    if smoke:
+        rates, window_s, trials, layouts = [2_000], 3.0, 1, (REPLICAS,)
+    else:
+        rates, window_s, trials, layouts = [5_000, 20_000], 25.0, TRIALS, (1, REPLICAS)
     rows = []
     for rate in rates:
-        stage = f"boundary, 500 symbols @ {rate:,}/s, lean load"
-        traces = []
-        for k in range(1, trials + 1):
-            trace, result = trial(rate, window_s)
-            traces.append(trace)
-            target = "≤ 10 ms" if rate <= 5_000 else "≤ 25 ms"
-            rows.append(Row(stage, f"candle delay p99 − waiter latency, trial {k}",
-                            pct(result.delay_ms, 99) - WAITER_MS, "ms", target=target))  # fmt: skip
-            NOTES.append(
-                f"boundary @ {rate:,}/s, trial {k}: {len(trace.total):,} candles closed by the"
-                f" waiter followed; delay p50/p99 of all candles {pct(result.delay_ms, 50):.0f}/"
-                f"{pct(result.delay_ms, 99):.0f} ms; delivered {result.delivered:,.0f}/s;"
-                f" CPU {result.busiest()}; load average {result.load_1m:.1f}"
-            )
-        trace = _pooled(traces)
-        hops = (
-            ("trade received by ingest − trade time", trace.received),
-            ("trade entry written − received (ingest's queue)", trace.queued),
-            ("clock entry written − due (end + waiter)", trace.clock),
-            ("candle written − due (aggregate: read, close, write)", trace.written),
-            ("a boundary's last shard write − its first", trace.spread),
-            ("arrival − candle written (publish, WebSocket)", trace.arrived),
-            ("arrival − due (candles closed by the waiter)", trace.total),
+        for replicas in layouts:
+            rows += _layout(rate, replicas, window_s, trials)
+    return rows
+
+
+def _layout(rate: int, replicas: int, window_s: float, trials: int) -> list[Row]:
+    layout = "1 aggregate process" if replicas == 1 else f"{replicas} aggregate processes"
+    stage = f"boundary, 500 symbols @ {rate:,}/s, lean load, {layout}"
+    rows, traces = [], []
+    for k in range(1, trials + 1):
+        trace, result = trial(rate, window_s, aggregate_replicas=replicas)
+        traces.append(trace)
+        target = "≤ 10 ms" if rate <= 5_000 else "≤ 25 ms"
+        rows.append(Row(stage, f"candle delay p99 − waiter latency, trial {k}",
+                        pct(result.delay_ms, 99) - WAITER_MS, "ms", target=target))  # fmt: skip
+        NOTES.append(
+            f"boundary @ {rate:,}/s, {layout}, trial {k}: {len(trace.total):,} candles closed by"
+            f" the waiter followed; delay p50/p99 of all candles {pct(result.delay_ms, 50):.0f}/"
+            f"{pct(result.delay_ms, 99):.0f} ms; delivered {result.delivered:,.0f}/s;"
+            f" CPU {result.busiest()}; load average {result.load_1m:.1f}"
         )
-        for what, values in hops:
-            rows.append(Row(stage, f"{what}, p50", pct(values, 50), "ms"))
-            rows.append(Row(stage, f"{what}, p99", pct(values, 99), "ms"))
+    trace = _pooled(traces)
+    hops = (
+        ("trade received by ingest − trade time", trace.received),
+        ("trade entry written − received (ingest's queue)", trace.queued),
+        ("clock entry written − due (end + waiter)", trace.clock),
+        ("candle written − due (aggregate: read, close, write)", trace.written),
+        ("a boundary's last shard write − its first", trace.spread),
+        ("arrival − candle written (publish, WebSocket)", trace.arrived),
+        ("arrival − due (candles closed by the waiter)", trace.total),
+    )
+    for what, values in hops:
+        rows.append(Row(stage, f"{what}, p50", pct(values, 50), "ms"))
+        rows.append(Row(stage, f"{what}, p99", pct(values, 99), "ms"))
     return rows
 
 

@@ -86,7 +86,7 @@ def test_every_bench_module_runs_and_reports_its_rows() -> None:
     expected |= {(history, m) for m in HISTORY}
     expected.add(("history, burst of 50 symbols × 6 intervals", "the store's cost per candle"))
     expected.add((history, "candle delay p99 − waiter, with the store (median of 1)"))
-    boundary = "boundary, 500 symbols @ 2,000/s, lean load"
+    boundary = "boundary, 500 symbols @ 2,000/s, lean load, 2 aggregate processes"
     expected |= {(boundary, f"{m}, p99") for m in BOUNDARY}
     expected.add((boundary, "candle delay p99 − waiter latency, trial 1"))
     expected.add(("publish", "postgres consumer, candles/s into PostgreSQL (batch 2000)"))
