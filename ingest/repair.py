@@ -300,7 +300,17 @@ class Repairer:
             if job.ids is None:
                 since_ms = job.from_ms - SEED_MARGIN_MS
                 job.ids = asyncio.ensure_future(self._read_ids(job.shard, since_ms, job.left))
-            written = (await asyncio.shield(job.ids)).get(symbol, set())
+            ids = job.ids
+            try:
+                written = (await asyncio.shield(ids)).get(symbol, set())
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not ids.cancelled() or (task is not None and task.cancelling()):
+                    raise  # this worker is being stopped
+                # The job was abandoned (`_abandon` cancels its read) while this worker waited
+                # for it: the job ends here, the worker goes on with the next ask. (Letting the
+                # cancellation through ended the worker, and with it every repair of the replica.)
+                return
             held = [t for t in held if t.trade_id not in written]
         if job.abandoned or not self._owns(job.shard):
             self._abandon(job)

@@ -99,7 +99,9 @@ def check_outcome(pipe: Pipeline, ws: Collector, pubsub: Collector) -> dict[str,
         reason = covering_reason(trade, content.gaps)
         assert reason is not None, f"trade lost without a gap entry: {trade}"
         lost_by[reason] += 1
-    kept = [t for t in ledger + missed if t.trade_id in content.trade_ids]
+    kept = content.from_series_start(
+        [t for t in ledger + missed if t.trade_id in content.trade_ids], 1000
+    )
     pipe.sim.trades = lambda: [  # type: ignore[method-assign]  # the ledger's kept trades
         {"symbol": t.symbol, "T": t.time_ms, "p": str(t.price), "v": str(t.size),
          "S": "Buy" if t.buy else "Sell", "i": t.trade_id}

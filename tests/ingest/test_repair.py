@@ -250,6 +250,48 @@ async def test_a_shard_no_longer_ours_is_abandoned() -> None:
     assert [s for _, s in exchange.asked] == ["AAA"]  # the others are never asked
 
 
+async def test_a_job_abandoned_while_its_stream_ids_are_read_leaves_the_repairs_going() -> None:
+    """A shard handed back while a worker waits for the job's stream ids: the read is cancelled,
+    that job ends, and the replica's repairs of other shards go on (the cancellation used to
+    end the worker, and with it every repair of the replica: the fault suite saw gaps pile up
+    unrepaired after a hand-back)."""
+    exchange = Exchange({"AAA": [[_t(12_000, "a1")]], "BBB": [[_t(12_000, "b1")]]})
+    writer = FakeWriter()
+    owned = {0, 1}
+    reading = asyncio.Event()
+    release = asyncio.Event()
+
+    async def read_ids(shard: int, since_ms: int, symbols: set[str]) -> dict[str, set[str]]:
+        if shard == 0:
+            reading.set()
+            await release.wait()  # a slow read of the stream, cancelled by the hand-back
+        return {}
+
+    repairer = Repairer(
+        exchange.fetch, writer, Deduper(), read_ids,  # type: ignore[arg-type]
+        owns=owned.__contains__, rank=lambda s: 0, rate_per_s=100.0, give_up_s=5.0,
+    )  # fmt: skip
+    workers = repair.CONCURRENCY
+    stop = asyncio.Event()
+    task = asyncio.create_task(repairer.run(stop))
+    repairer.request(0, ["AAA"], FROM, TO)
+    await asyncio.wait_for(reading.wait(), 5)
+    owned.discard(0)
+    repairer.forget(0)  # handed back: the job is abandoned, its read cancelled
+    for _ in range(workers):  # every worker gets a job after it
+        repairer.request(1, ["BBB"], FROM, TO)
+    await async_wait_until(
+        lambda: _async(len(writer.repairs) == workers or task.done()),
+        5,
+        "the other shard's repairs",
+    )
+    assert not task.done(), task
+    stop.set()
+    await task
+    assert [r[:2] for r in writer.repairs] == [(1, ["BBB"])] * workers
+    assert writer.trades[0] == (1, "BBB", [_t(12_000, "b1")])
+
+
 async def _async(value: bool) -> bool:
     return value
 

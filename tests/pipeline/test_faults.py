@@ -47,6 +47,17 @@ class StreamContent:
     trade_ids: collections.Counter[str]
     gaps: list[GapEntry]
     repairs: list[RepairEntry]
+    first_ms: dict[str, int]  # symbol -> time of its first trade in stream order
+
+    def from_series_start(self, trades: list[LedgerTrade], base_ms: int) -> list[LedgerTrade]:
+        """The trades from each symbol's first candle in the aggregator's eyes: the one of its
+        first trade in stream order (skipped as partial). A trade of an earlier candle written
+        after it (a gap repair of a window before the symbol's first live trade) comes too late
+        to start the series: no candle of it is owed."""
+        return [
+            t for t in trades
+            if t.time_ms >= self.first_ms[t.symbol] - self.first_ms[t.symbol] % base_ms
+        ]  # fmt: skip
 
     def unrepaired(self) -> set[tuple[str, int, int]]:
         """(symbol, from, to) of gaps no repair entry ended yet."""
@@ -63,17 +74,20 @@ def read_trade_streams(pipe: Pipeline) -> StreamContent:
     ids: collections.Counter[str] = collections.Counter()
     gaps: list[GapEntry] = []
     repairs: list[RepairEntry] = []
+    first_ms: dict[str, int] = {}
     for shard in range(pipe.shards):
         for _, fields in replies.entries(client.xrange(pipe.keys.trades(shard))):
             entry = entry_decoder.decode(fields[b"data"])
             if isinstance(entry, TradesEntry):
                 ids.update(trade.trade_id for trade in entry.trades)
+                if entry.trades:
+                    first_ms.setdefault(entry.symbol, entry.trades[0].time_ms)
             elif isinstance(entry, GapEntry):
                 gaps.append(entry)
             elif isinstance(entry, RepairEntry):
                 repairs.append(entry)
     client.close()
-    return StreamContent(ids, gaps, repairs)
+    return StreamContent(ids, gaps, repairs, first_ms)
 
 
 def covering_reason(trade: LedgerTrade, gaps: list[GapEntry]) -> str | None:
@@ -231,7 +245,9 @@ def run_faults(tmp_path: Path, duration_s: float) -> None:
         # Candles: exactly once in the streams, every value equal to the ledger's trades that
         # reached the pipeline (sent, or repaired: the rest are reported in gaps, and the
         # candles say so).
-        kept = [t for t in ledger + missed if t.trade_id in content.trade_ids]
+        kept = content.from_series_start(
+            [t for t in ledger + missed if t.trade_id in content.trade_ids], 1000
+        )
         pipe.sim.trades = lambda: [  # type: ignore[method-assign]  # the ledger's kept trades
             {"symbol": t.symbol, "T": t.time_ms, "p": str(t.price), "v": str(t.size),
              "S": "Buy" if t.buy else "Sell", "i": t.trade_id}
