@@ -307,6 +307,57 @@ class CandleCore(LateTrades):
                 else:  # the next deadline is later than this one
                     self._queue(name, sym, sym.next_end + latency)
 
+    def previews(self) -> list[CoreCandle]:
+        """The candles the next waiter deadline will close, as they stand now: for the writer
+        to render while it waits (aggregate.output.CandleWriter.prepare), not at the deadline,
+        where a boundary's candles wait for each other. Only between a boundary and its
+        deadline, with the waiter on, and for the common case: levels nested and always open,
+        a symbol with no gap whose candles are shown and close one per level. A late trade
+        taken in before the deadline makes its preview unequal to the candle then closed, which
+        is rendered anew: a preview is never emitted, only a rendering reused."""
+        st = self.state
+        if not self._latency or not self._nested_always or not st.deadlines:
+            return []
+        deadline = st.deadlines[0]
+        boundary = deadline - self._latency
+        if st.now_ms < boundary:
+            return []
+        out: list[CoreCandle] = []
+        symbols = st.symbols
+        for name in st.due.get(deadline, ()):
+            sym = symbols[name]
+            if sym.deadline == deadline and not sym.gaps:
+                self._preview(name, sym, boundary, out)
+        return out
+
+    def _preview(self, name: str, sym: SymbolState, boundary: int, out: list[CoreCandle]) -> None:
+        """`previews` for one symbol: what `_advance_nested` would emit at `boundary`."""
+        # The statistics each level will hold when it closes: its own, with the candle of the
+        # level before folded in (`_close` folds it first, when it had trades).
+        cnt = vol = turn = buy = hi = lo = fp = lp = 0
+        for k, lv in enumerate(sym.levels):
+            if lv.end_ms > boundary:
+                return
+            if lv.partial or self.plan[k].next_open(lv.end_ms) <= boundary:
+                return  # not shown, or more than one candle of it closes: left to the close
+            if not cnt:
+                cnt, vol, turn, buy = lv.cnt, lv.vol, lv.turn, lv.buy
+                fp, hi, lo, lp = lv.fp, lv.hi, lv.lo, lv.lp
+            elif lv.cnt:
+                cnt, vol, turn, buy = cnt + lv.cnt, vol + lv.vol, turn + lv.turn, buy + lv.buy
+                fp, hi, lo = lv.fp, max(hi, lv.hi), min(lo, lv.lo)
+            prev = lv.prev_close
+            visible, o = self._visible[k], lv.open_ms
+            if not cnt:
+                if prev is None:
+                    return
+                out.append(CoreCandle(name, visible, o, prev, prev, prev, prev, 0, 0, 0, 0))
+            elif prev is None or not self._bybit:
+                out.append(CoreCandle(name, visible, o, fp, hi, lo, lp, vol, turn, buy, cnt))
+            else:  # Bybit's open rule, as in `_close`
+                out.append(CoreCandle(name, visible, o, prev, max(hi, prev), min(lo, prev), lp,
+                                      vol, turn, buy, cnt))  # fmt: skip
+
     def _advance_nested(self, name: str, sym: SymbolState, boundary: int) -> None:
         """`_advance` when every level is always open and each nests the one before: ends never
         decrease along the levels, so the first level with nothing to close ends the walk."""

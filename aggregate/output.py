@@ -45,6 +45,7 @@ class CandleWriter:
         self._texts: dict[int, bytes] = {}  # prices repeat a lot
         self._heads: dict[tuple[str, int], bytes] = {}
         self._empty_tails: dict[tuple[int, bool, int, bool], bytes] = {}
+        self._ready: dict[CoreCandle, bytes] = {}  # rendered ahead (`prepare`)
 
     def _text(self, value: int) -> bytes:
         text = self._texts.get(value)
@@ -95,7 +96,18 @@ class CandleWriter:
             gap=c.gap,
         )
 
+    def prepare(self, candles: list[CoreCandle]) -> None:
+        """Render these candles now, for `encode` to hand out when one of them is asked for (the
+        candles a waiter deadline will close, rendered while the shard waits for it:
+        CandleCore.previews). Replaces what the previous call prepared."""
+        self._ready = {}
+        self._ready = {c: self.encode(c) for c in candles}
+
     def encode(self, c: CoreCandle) -> bytes:
+        if self._ready:
+            ready = self._ready.get(c)
+            if ready is not None:
+                return ready
         if not c.volume and not c.trade_count and c.open == c.high == c.low == c.close:
             # An empty candle (every symbol has one per boundary): all but the series and the
             # time depends on the close and the flags only.

@@ -141,6 +141,7 @@ class ShardAggregator:
         self._checkpoint_id = ""
         self._reported = (0, 0, 0, 0, 0, 0, 0, 0)
         self._on_written = on_written
+        self._rendered_for = -1  # the deadline whose candles were rendered ahead
 
     # ------------------------------------------------------------------ resume
 
@@ -253,18 +254,21 @@ class ShardAggregator:
         """Read one batch, aggregate it, write what it closed. Returns the entries read.
 
         `overlap` keeps Redis busy while this process computes: after a full batch (a backlog)
-        the next batch is asked for before this one is aggregated, and the write is left in
+        the next batch is asked for before this one is aggregated, and its write is left in
         flight while the next step aggregates. The next write (or `drain`) waits for it first,
-        so writes stay one at a time and in order, and its error surfaces there."""
+        so writes stay one at a time and in order, and its error surfaces there. Otherwise
+        (no backlog) the step ends when its write is done, and then renders ahead the candles
+        of the coming waiter deadline (`_render_ahead`)."""
         prefetch, self._prefetch = self._prefetch, None
         if prefetch is not None:
             reply = await prefetch
         else:
             reply = await self._read(block_ms, self.last_id)
         entries = _entries(reply)
+        backlog = overlap and len(entries) >= self.batch
         if entries:
             last_id = entries[-1][0].decode()
-            if overlap and len(entries) >= self.batch:
+            if backlog:
                 self._prefetch = asyncio.ensure_future(self._read(None, last_id))
                 await asyncio.sleep(0)  # let it send the request before the CPU work below
             self.process(entries)
@@ -281,11 +285,28 @@ class ShardAggregator:
         ):
             prepared = self._prepare(full=False)
             await self.drain()  # the previous write goes first: one write at a time, in order
-            if overlap:
+            if backlog:
                 self._inflight = asyncio.ensure_future(self._send(prepared))
             else:
+                # Sent now, while this task waits for the reply: a task's first steps wait
+                # behind the others' ready work, so a boundary's four shard writes went out
+                # only after all four had closed their candles, and Redis ran them one after
+                # the other at the end.
                 await self._send(prepared)
+        if entries and not backlog:
+            self._render_ahead()
         return len(entries)
+
+    def _render_ahead(self) -> None:
+        """Once a boundary has passed, render the candles its waiter deadline will close (see
+        CandleCore.previews): at the deadline they are written without being rendered then.
+        Not in a backlog, where nothing waits for a deadline."""
+        deadlines = self.core.state.deadlines
+        if deadlines and deadlines[0] != self._rendered_for:
+            candles = self.core.previews()
+            if candles:
+                self._rendered_for = deadlines[0]
+                self._writer.prepare(candles)
 
     async def _read(self, block_ms: int | None, after: str) -> Any:
         args: list[Any] = ["XREAD", "COUNT", self.batch]

@@ -365,3 +365,41 @@ def test_overlapped_steps_write_what_plain_steps_write(redis_url: str) -> None:
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_step_with_no_backlog_returns_with_its_candles_written(redis_url: str) -> None:
+    """As the service runs it (`overlap=True`), a step that read less than a full batch sends
+    its write at once and returns when it is done: a boundary's shards do not leave their
+    writes for after the other shards' work (they did: each went out on a later turn of the
+    event loop). The candles are the ones the trades make, rendered ahead or not."""
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
+        client.response_callbacks.pop("XREAD", None)
+        keys = Keys("nobacklog")
+        worker = await owned_worker(client, keys, 1000)
+        written: list[tuple[str, int, int]] = []
+        worker._on_written = lambda candles, _wall, _stream: written.extend(
+            (c.symbol, c.interval, c.open_ms) for c in candles
+        )
+        second = START_MS - START_MS % 1000
+        entries = [
+            TradesEntry("AAA", [Trade(second - 1500, "10.5", "1", Side.BUY, "a1")]),
+            TradesEntry("AAA", [Trade(second - 400, "10.7", "2", Side.SELL, "a2")]),
+            ClockEntry(second + 40),  # past the boundary: rendered ahead here
+            ClockEntry(second + 80),  # the waiter deadline: the 1s candle [-1 s, 0) closes
+        ]
+        for entry in entries:
+            await client.xadd(keys.trades(0), {STREAM_FIELD: entry_encoder.encode(entry)})
+            assert await worker.step(block_ms=None, overlap=True) == 1
+        assert written == [("AAA", 0, second - 1000)]  # reported by the write, done already
+        [(_, fields)] = replies.entries(await client.xrange(keys.klines(0)))
+        candle = candle_view_decoder.decode(fields[STREAM_FIELD])
+        assert (candle.timestamp, candle.trade_count, str(candle.close)) == (
+            second - 1000,
+            1,
+            "10.7",
+        )
+        await client.aclose()
+
+    asyncio.run(scenario())
