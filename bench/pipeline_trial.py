@@ -99,42 +99,28 @@ def pct(values: list[int] | list[float], q: int) -> float:
 
 
 class _Arrivals:
-    """A WebSocket user (Basic auth) on a thread, keeping each frame with its arrival time."""
+    """A WebSocket user (Basic auth) in its own process (bench.ws_user), which stamps each frame
+    on arrival; a thread here keeps the frames with their arrival times."""
 
     def __init__(self, port: int) -> None:
         self.frames: list[tuple[int, bytes]] = []
         self.error = ""
-        self._port = port
-        self._stop = threading.Event()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.ws_user", str(port), USER, PASSWORD],
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
         self._thread = threading.Thread(target=self._run, name="arrivals", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._receive()
-            except Exception as exc:  # kept for the warm-up's error message
-                self.error = repr(exc)
-                self._stop.wait(0.2)  # reconnect pacing
-
-    def _receive(self) -> None:
-        import base64
-
-        from websockets.sync.client import connect
-
-        token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-        headers = {"Authorization": f"Basic {token}"}
-        url = f"ws://127.0.0.1:{self._port}/"
-        with connect(url, additional_headers=headers, open_timeout=5, max_size=None) as ws:
-            while not self._stop.is_set():
-                try:
-                    frame = ws.recv(timeout=0.2)
-                except TimeoutError:
-                    continue
-                now_ms = time.time_ns() // 1_000_000
-                data = frame.encode() if isinstance(frame, str) else frame
-                if data.startswith(b"["):
-                    self.frames.append((now_ms, data))
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            stamp, _, data = line.rstrip(b"\n").partition(b" ")
+            if stamp == b"!":
+                self.error = data.decode(errors="replace")
+            else:
+                self.frames.append((int(stamp), data))
 
     def delays(self, from_ms: int, to_ms: int) -> tuple[list[int], set[str]]:
         out, symbols = [], set()
@@ -148,7 +134,12 @@ class _Arrivals:
         return out, symbols
 
     def stop(self) -> None:
-        self._stop.set()
+        self._proc.terminate()
+        try:
+            self._proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
         self._thread.join(5)
 
 
@@ -182,6 +173,19 @@ def _cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, clock ticks (USER_HZ)
+
+
+SAMPLE_AT_MS = (300, 800)
+"""Where in each wall-clock second the probes sample (lags, /metrics): away from the candle
+closings at whole seconds + the waiter latency, so that the bench's own requests (a /metrics
+scrape runs on the aggregator's event loop) never land on a boundary it measures."""
+
+
+def _to_sample_s(now_s: float) -> float:
+    """Seconds from `now_s` to the next moment of SAMPLE_AT_MS."""
+    into_ms = now_s * 1000 % 1000
+    waits = [(at - into_ms) % 1000 for at in SAMPLE_AT_MS]
+    return max(0.001, min(waits)) / 1000
 
 
 def _trade_lags(client: redis.Redis, pipe: Pipeline) -> list[int]:
@@ -325,7 +329,7 @@ class Run:
         cpu_0 = {name: _cpu_s(pid) for name, pid in pids.items()}
         start_ms, start = time.time_ns() // 1_000_000, time.monotonic()
         while time.monotonic() - start < result.window_s:
-            time.sleep(0.5)
+            time.sleep(_to_sample_s(time.time()))
             result.trade_lag_ms += _trade_lags(self.client, self.pipe)
             result.agg_lag_ms += [
                 lag_s * 1000
