@@ -118,16 +118,33 @@ class ConsumerRunner:
         # Once a batch is left unhandled (stopping, or the consumer stopped), no later batch may
         # be handed over: its position would move past the one left. The rest is read again
         # from the kept position after a restart.
+        # A handled batch's position is stored while the next batch is handled (one store at a
+        # time, in order, each after its batch was handled): the next candles do not wait for
+        # Redis to store the last position, behind whatever Redis runs then (at a boundary: the
+        # aggregator's writes of the other shards).
         halted = False
-        while (batch := await self._queue.get()) is not None:
-            QUEUED.set(self._queue.qsize(), self.name)
-            if halted:
-                continue
-            if await self._handle(batch, stop):
-                await self._commit(batch, stop)
-                self._unhandled_ms.popleft()
-            else:
-                halted = True
+        storing: asyncio.Future[None] | None = None
+        try:
+            while (batch := await self._queue.get()) is not None:
+                QUEUED.set(self._queue.qsize(), self.name)
+                if halted:
+                    continue
+                if await self._handle(batch, stop):
+                    if storing is not None:
+                        await storing
+                    storing = asyncio.ensure_future(self._store(batch, stop))
+                else:
+                    halted = True
+        except asyncio.CancelledError:
+            if storing is not None:
+                storing.cancel()
+            raise
+        if storing is not None:
+            await storing
+
+    async def _store(self, batch: CandleBatch, stop: asyncio.Event) -> None:
+        await self._commit(batch, stop)
+        self._unhandled_ms.popleft()
 
     async def _handle(self, batch: CandleBatch, stop: asyncio.Event) -> bool:
         """Hand the batch over, again and again while it fails; False if it was not handled
