@@ -100,7 +100,6 @@ class CandleWriter:
         """Render these candles now, for `encode` to hand out when one of them is asked for (the
         candles a waiter deadline will close, rendered while the shard waits for it:
         CandleCore.previews). Replaces what the previous call prepared."""
-        self._ready = {}
         self._ready = {c: self.encode(c) for c in candles}
 
     def encode(self, c: CoreCandle) -> bytes:

@@ -295,6 +295,9 @@ class ShardAggregator:
                 await self._send(prepared)
         if entries and not backlog:
             self._render_ahead()
+        elif backlog and self._rendered_for >= 0:
+            self._rendered_for = -1
+            self._writer.prepare([])  # a backlog renders every candle: no lookups on the way
         return len(entries)
 
     def _render_ahead(self) -> None:
