@@ -102,8 +102,15 @@
     if (newest) newestTimestamp = c.timestamp;
     state.candles[c.timestamp] = c;
     if (live) {
-      candleSeries.update(bar(c), !newest);
-      volumeSeries.update(volumeBar(c), !newest);
+      if (newest || shown) {
+        candleSeries.update(bar(c), !newest);
+        volumeSeries.update(volumeBar(c), !newest);
+      } else {
+        // A bar between two drawn ones: its candle came after a later one (after a restart of
+        // publish the in-progress candles follow the live tail while the closed ones catch
+        // up). The library updates only the last bar or an existing one: draw all again.
+        redraw();
+      }
       if (c.gap || (shown && shown.gap)) mark();
       state.received.push({ timestamp: c.timestamp, revision: c.revision, closed: c.closed,
                             at: Date.now() });
@@ -140,6 +147,11 @@
     candleSeries.applyOptions({
       priceFormat: { type: "price", precision: decimals, minMove: 10 ** -decimals },
     });
+    redraw();
+  }
+
+  function redraw() {
+    const ordered = Object.values(state.candles).sort((a, b) => a.timestamp - b.timestamp);
     candleSeries.setData(ordered.map(bar));
     volumeSeries.setData(ordered.map(volumeBar));
     mark();
