@@ -231,7 +231,6 @@ class Run:
         self.server = RedisProcess(tmp / "redis").start()
         self.client = self.server.client()
         self.arrivals: _Arrivals | None = None
-        self._started = time.monotonic()
         self.profile_path = tmp / f"{profile}.prof"
         for attempt in range(2):
             self._attempt = attempt  # a log of its own: wait_output must not see the first's
