@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 
 import redis.asyncio as aioredis
 
@@ -37,14 +38,18 @@ def core_config(settings: AggregateSettings) -> CoreConfig:
 def delay_observer(intervals: tuple[Interval, ...]) -> OnWritten:
     """The `on_written` of `ShardAggregator` that feeds `streamer_candle_delay_seconds`:
     wall-clock write time minus the candle's end, for first emissions (a revision is late on
-    purpose)."""
+    purpose). Counted per candle end first (a boundary's candles share one): it runs between a
+    boundary's shards."""
     labels = [interval.label for interval in intervals]
 
     def written(candles: list[CoreCandle], wall_ms: float, _stream_ms: int) -> None:
-        for c in candles:
-            if c.revision == 0:
-                end_ms = intervals[c.interval].next_open(c.open_ms)
-                CANDLE_DELAY.observe((wall_ms - end_ms) / 1000, labels[c.interval])
+        ends = Counter((c.interval, c.open_ms) for c in candles if c.revision == 0)
+        delays: dict[int, dict[float, int]] = {}
+        for (index, open_ms), count in ends.items():
+            end_ms = intervals[index].next_open(open_ms)
+            delays.setdefault(index, {})[(wall_ms - end_ms) / 1000] = count
+        for index, counts in delays.items():
+            CANDLE_DELAY.observe_counts(counts, labels[index])
 
     return written
 

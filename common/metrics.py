@@ -14,9 +14,10 @@ the label values positionally. Asking again for a name returns the metric regist
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -75,6 +76,20 @@ class Metric:
 
     def observe(self, value: float, *labels: str) -> None:
         self._child(labels).observe(value)
+
+    def observe_counts(self, counts: Mapping[float, int], *labels: str) -> None:
+        """Observations given as value -> how many times: each bucket and the sum added to once.
+        prometheus-client's `observe` takes a lock and walks the buckets per value (3-4 µs): 0.4
+        ms for the ~120 candles one shard writes at a boundary, on the aggregator's way to its
+        next shard, where these share a handful of values. Uses the histogram's own bucket and
+        sum values (prometheus-client 0.20-0.26; a test compares it with `observe`)."""
+        if not counts:
+            return
+        child = self._child(labels)
+        bounds = child._upper_bounds  # ascending, the last +Inf: bisect_left = `value <= bound`
+        for value, count in counts.items():
+            child._buckets[bisect.bisect_left(bounds, value)].inc(count)
+            child._sum.inc(value * count)
 
     def get(self, *labels: str) -> float:
         """The current value (for tests and tools; it reads the registry, not a hot path)."""

@@ -5,6 +5,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from aggregate.service import delay_observer
+from aggregate.state import CoreCandle
+from common.intervals import parse_intervals
 from common.metrics import REGISTRY, Registry, serve_metrics
 
 
@@ -71,6 +74,69 @@ def test_histogram_buckets_count_and_sum() -> None:
     assert by_name[("t_delay_seconds_count", None)] == 4
     assert by_name[("t_delay_seconds_sum", None)] == 0.05 + 0.2 + 0.3 + 5.0
     assert delay.get("1m") == 4
+
+
+def _samples(registry: Registry, family: str) -> dict[tuple[str, str | None], float]:
+    found = _families(registry.render().decode())[family]
+    return {(s.name, s.labels.get("le")): s.value for s in found.samples}
+
+
+def test_observe_counts_equals_observing_each_value() -> None:
+    one_by_one, counted = Registry("t"), Registry("t")
+    buckets = (0.1, 0.25, 1.0)
+    each = one_by_one.histogram("delay_seconds", "delay", ("interval",), buckets=buckets)
+    many = counted.histogram("delay_seconds", "delay", ("interval",), buckets=buckets)
+    counts = {0.05: 3, 0.1: 2, 0.25: 1, 0.5: 4, 7.0: 2}  # on a bound, between, beyond the last
+    for value, count in counts.items():
+        for _ in range(count):
+            each.observe(value, "1s")
+    many.observe_counts(counts, "1s")
+    many.observe_counts({}, "1s")
+    expected = _samples(one_by_one, "t_delay_seconds")
+    assert _samples(counted, "t_delay_seconds") == expected
+    assert expected[("t_delay_seconds_bucket", "0.1")] == 5  # le is inclusive
+    assert expected[("t_delay_seconds_bucket", "1.0")] == 10
+    assert expected[("t_delay_seconds_count", None)] == 12
+
+
+def test_delay_observer_counts_first_emissions_by_interval() -> None:
+    intervals = parse_intervals("1s,1m")
+    observe = delay_observer(intervals)
+    before = {label: _delay_samples(label) for label in ("1s", "1m")}
+    second = 1_700_000_040_000  # a second of 1s candles ending at +1000, 1m at 1_700_000_100_000
+    candles = [
+        CoreCandle("A", 0, second, 1, 1, 1, 1, 1, 1, 1, 1),
+        CoreCandle("B", 0, second, 1, 1, 1, 1, 1, 1, 1, 1),
+        CoreCandle("C", 0, second - 1000, 1, 1, 1, 1, 1, 1, 1, 1),
+        CoreCandle("A", 0, second - 1000, 1, 1, 1, 1, 1, 1, 1, 1, revision=1),  # not counted
+        CoreCandle("A", 1, 1_700_000_040_000, 1, 1, 1, 1, 1, 1, 1, 1),
+    ]
+    observe(candles, 1_700_000_041_090.0, 0)  # written 90 ms after the second's end
+    after = {label: _delay_samples(label) for label in ("1s", "1m")}
+    delta = {
+        label: {k: after[label][k] - before[label].get(k, 0.0) for k in after[label]}
+        for label in after
+    }
+    assert delta["1s"][("streamer_candle_delay_seconds_bucket", "0.05")] == 0
+    assert delta["1s"][("streamer_candle_delay_seconds_bucket", "0.1")] == 2  # A and B: 0.09 s
+    assert delta["1s"][("streamer_candle_delay_seconds_bucket", "1.0")] == 2
+    assert delta["1s"][("streamer_candle_delay_seconds_bucket", "2.5")] == 3  # C: 1.09 s
+    assert delta["1s"][("streamer_candle_delay_seconds_count", None)] == 3
+    assert abs(delta["1s"][("streamer_candle_delay_seconds_sum", None)] - 1.27) < 1e-9
+    # the 1m candle ends 58.91 s after the write: a negative delay, below every bucket
+    assert delta["1m"][("streamer_candle_delay_seconds_bucket", "0.025")] == 1
+    assert abs(delta["1m"][("streamer_candle_delay_seconds_sum", None)] + 58.91) < 1e-9
+
+
+def _delay_samples(label: str) -> dict[tuple[str, str | None], float]:
+    found = _families(REGISTRY.render().decode()).get("streamer_candle_delay_seconds")
+    if found is None:
+        return {}
+    return {
+        (s.name, s.labels.get("le")): s.value
+        for s in found.samples
+        if s.labels.get("interval") == label
+    }
 
 
 def test_process_registry_has_process_metrics_and_candle_delay() -> None:
