@@ -79,9 +79,29 @@ def same_rules(saved: str, current: str) -> bool:
     return canonical + bar + rest == current
 
 
+LINES_LUA = """
+-- The non-empty lines of a newline-joined argument, by plain finds: a pattern (gmatch '[^\\n]+')
+-- tests every byte against its class, about 1.3 µs of Redis time per candle, an eighth of a
+-- boundary's write script.
+local function lines(text)
+  local from, size = 1, #text
+  return function()
+    while from <= size do
+      local stop = string.find(text, '\\n', from, true) or size + 1
+      local line = string.sub(text, from, stop - 1)
+      from = stop + 1
+      if line ~= '' then
+        return line
+      end
+    end
+  end
+end
+"""
+
 WRITE_LUA = (
     FENCE_LUA
     + STORE_LUA
+    + LINES_LUA
     + """
 -- KEYS: lease, klines, updates, state, then each closed candle's history key (in order).
 -- ARGV: token, klines maxlen, updates maxlen, head, checkpoint ('' = keep the one there), the
@@ -90,12 +110,12 @@ WRITE_LUA = (
 -- cheaper to send), history depth.
 local n = 0
 local depth = tonumber(ARGV[8])
-for candle in string.gmatch(ARGV[6], '[^\\n]+') do
+for candle in lines(ARGV[6]) do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'data', candle)
   n = n + 1
   store_candle(KEYS[4 + n], candle, depth)
 end
-for candle in string.gmatch(ARGV[7], '[^\\n]+') do
+for candle in lines(ARGV[7]) do
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'data', candle)
 end
 if redis.call('TYPE', KEYS[4]).ok == 'string' then
