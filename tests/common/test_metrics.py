@@ -99,6 +99,23 @@ def test_observe_counts_equals_observing_each_value() -> None:
     assert expected[("t_delay_seconds_count", None)] == 12
 
 
+def test_observe_counts_falls_back_to_observe_without_the_histograms_values() -> None:
+    """A prometheus-client whose histogram keeps its buckets elsewhere: the public `observe`."""
+
+    class Child:
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def observe(self, value: float) -> None:
+            self.seen.append(value)
+
+    delay = Registry("t").histogram("delay_seconds", "delay", ("interval",))
+    child = Child()
+    delay._children[("1s",)] = child
+    delay.observe_counts({0.09: 2, 1.5: 1}, "1s")
+    assert sorted(child.seen) == [0.09, 0.09, 1.5]
+
+
 def test_delay_observer_counts_first_emissions_by_interval() -> None:
     intervals = parse_intervals("1s,1m")
     observe = delay_observer(intervals)
