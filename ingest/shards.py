@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 TAIL_ENTRIES = 2000
 MAX_LAG_MS = 5000
+LAG_WINDOW_MS = 2000
 SUBSCRIBE_TIMEOUT_S = 30.0
 STANDBY_READY_LIMIT_S = 15.0
 SEED_MARGIN_MS = 5000  # receive clocks of two replicas, and write delays, differ by less
@@ -48,12 +49,17 @@ async def read_tail(
 ) -> tuple[int, dict[str, list[str]]]:
     """(gap start in ms or 0, trade ids per symbol) from the last entries of a stream.
 
-    The start is the newest entry's time (its receive or clock time) minus the exchange-to-ingest
-    delay seen on the newest trades entry: a trade the previous owner received but had not yet
-    written may carry a trade time that much earlier.
+    The start is the newest entry's time (its receive or clock time) minus the longest
+    exchange-to-ingest delay among the trades entries received in the LAG_WINDOW_MS before
+    the newest: a trade the previous owner received but had not yet written may carry a trade
+    time that much earlier. Not the newest entry's delay alone: the trades of one exchange
+    message, and of the messages sent together with it, span up to the exchange's batching
+    time, so an unwritten message can hold a trade older than the newest written one's first
+    (a kill -9 then lost it outside the gap, unflagged).
     """
-    last_ms = lag_ms = 0
+    last_ms = 0
     ids: dict[str, list[str]] = {}
+    delays: list[tuple[int, int]] = []  # (received, its oldest trade's delay) per trades entry
     try:
         rows = await redis.xrevrange(stream, count=count) or []
     except RedisError as exc:
@@ -67,12 +73,15 @@ async def read_tail(
         if isinstance(entry, TradesEntry):
             ids.setdefault(entry.symbol, []).extend(t.trade_id for t in entry.trades)
             last_ms = max(last_ms, entry.received_ms)
-            lag_ms = entry.received_ms - entry.trades[0].time_ms if entry.trades else lag_ms
+            if entry.trades:
+                delays.append((entry.received_ms, entry.received_ms - entry.trades[0].time_ms))
         elif isinstance(entry, ClockEntry):
             last_ms = max(last_ms, entry.time_ms)
         elif isinstance(entry, GapEntry):
             last_ms = max(last_ms, entry.to_ms)
-    if last_ms:
+    if last_ms and delays:
+        newest = max(received for received, _ in delays)
+        lag_ms = max(delay for received, delay in delays if received >= newest - LAG_WINDOW_MS)
         last_ms -= min(max(lag_ms, 0), MAX_LAG_MS)
     return last_ms, ids
 

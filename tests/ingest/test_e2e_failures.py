@@ -111,16 +111,26 @@ def test_kill9_survivor_takes_the_shards_and_records_the_gap(
         assert {s for s in traded if shard_of(s, 3) == k} <= set(gap.symbols)
         assert all(shard_of(s, 3) == k for s in gap.symbols)
 
-    def all_outside_gaps_written() -> bool:
+    def missing_outside_gaps() -> list[tuple[int, str, int, str]]:
+        """(shard, symbol, trade time, id) of the ledger trades outside the windows not written."""
         written = set(read_streams(redis_url).trade_keys())
+        missing = []
         for t in sim.trades():
             symbol, shard = str(t["symbol"]), shard_of(str(t["symbol"]), 3)
             in_gap = any(f <= int(t["T"]) <= to for f, to in windows.get(shard, []))
             if not in_gap and (shard, symbol, str(t["i"])) not in written:
-                return False
-        return True
+                missing.append((shard, symbol, int(t["T"]), str(t["i"])))
+        return missing
 
-    wait_until(all_outside_gaps_written, 20, f"the {expected} ledger trades outside the gap")
+    try:
+        wait_until(lambda: not missing_outside_gaps(), 20, f"the {expected} ledger trades")
+    except AssertionError:
+        gaps = {k: [(g.reason, g.from_ms, g.to_ms) for g in streams.gaps[k]] for k in range(3)}
+        missing = missing_outside_gaps()
+        raise AssertionError(
+            f"{len(missing)} trades outside the unowned windows not written, e.g. {missing[:5]};"
+            f" killed at {killed_ms}; gaps {gaps}"
+        ) from None
     assert b.stop() == 0
     streams = read_streams(redis_url)
     counts = collections.Counter(streams.trade_keys())

@@ -26,6 +26,10 @@ def _trades(n: int, start: int = 0, time_ms: int = 1000) -> list[Trade]:
     return [Trade(time_ms + i, "1.5", "2", Side.SELL, f"id{start + i}") for i in range(n)]
 
 
+def _trade(time_ms: int, trade_id: str) -> Trade:
+    return Trade(time_ms, "1.5", "2", Side.SELL, trade_id)
+
+
 async def _entries(client: aioredis.Redis, shard: int) -> list[object]:
     rows = replies.entries(await client.xrange(KEYS.trades(shard)))
     return [entry_decoder.decode(fields[b"data"]) for _, fields in rows]
@@ -172,6 +176,26 @@ async def test_read_tail_finds_last_time_and_ids(redis_url: str) -> None:
     assert last_ms == 900
     assert ids == {"AUSDT": ["id0", "id1"], "BUSDT": ["id7"]}
     assert await read_tail(client, KEYS.trades(3)) == (0, {})
+    await client.aclose()
+
+
+async def test_read_tail_gap_starts_before_the_oldest_recent_trade_delay(redis_url: str) -> None:
+    """The gap start goes back by the longest recent delay, not the newest entry's: a message
+    received after the newest written one can hold an older trade (one exchange batch spans
+    ms), and kill -9 loses it; it must fall inside the gap."""
+    client = aioredis.Redis.from_url(redis_url)
+    await client.set(KEYS.lease("ingest", 0), TOKEN)
+    writer = _writer(client)
+    writer.put_trades(0, "AUSDT", [_trade(100_000 - 5_000, "old")], 5, 100_000)  # too old
+    writer.put_trades(0, "AUSDT", [_trade(106_960, "a")], 5, 107_000)  # delay 40
+    writer.put_trades(0, "BUSDT", [_trade(108_000, "b"), _trade(108_003, "c")], 5, 108_010)
+    stop = asyncio.Event()
+    stop.set()
+    await writer.flush_once(stop)
+    last_ms, ids = await read_tail(client, KEYS.trades(0))
+    # newest received 108_010; the delays within 2 s of it: 10 (b's message) and 40
+    assert last_ms == 108_010 - 40
+    assert ids == {"AUSDT": ["old", "a"], "BUSDT": ["b", "c"]}
     await client.aclose()
 
 
