@@ -63,6 +63,7 @@ class CandleCore(LateTrades):
         if not n:
             return
         st = self.state
+        self._ahead_stale.add(symbol)  # its kept preview, if any, is not used (closes_at)
         top = times[0] if n == 1 else max(times)
         if top >= self._rotate_at or st.now_ms >= self._rotate_at:
             self._rotate_ids(top if top > st.now_ms else st.now_ms)
@@ -314,32 +315,87 @@ class CandleCore(LateTrades):
         deadline, with the waiter on, and for the common case: levels nested and always open,
         a symbol with no gap whose candles are shown and close one per level. A late trade
         taken in before the deadline makes its preview unequal to the candle then closed, which
-        is rendered anew: a preview is never emitted, only a rendering reused."""
+        is rendered anew. Each symbol's complete preview is kept for `closes_at`."""
         st = self.state
+        self._ahead = {}
+        self._ahead_stale = set()
         if not self._latency or not self._nested_always or not st.deadlines:
             return []
         deadline = st.deadlines[0]
         boundary = deadline - self._latency
         if st.now_ms < boundary:
             return []
+        self._ahead_for = deadline
         out: list[CoreCandle] = []
         symbols = st.symbols
+        ahead = self._ahead
         for name in st.due.get(deadline, ()):
             sym = symbols[name]
             if sym.deadline == deadline and not sym.gaps:
-                self._preview(name, sym, boundary, out)
+                start = len(out)
+                until = self._preview(name, sym, boundary, out)
+                if until > boundary:
+                    ahead[name] = (until, out[start:])
         return out
 
-    def _preview(self, name: str, sym: SymbolState, boundary: int, out: list[CoreCandle]) -> None:
-        """`previews` for one symbol: what `_advance_nested` would emit at `boundary`."""
+    def closes_at(self, time_ms: int) -> list[CoreCandle] | None:
+        """Exactly the candles `clock(time_ms)` would emit now, in its order, computed without
+        closing anything; None unless that is one waiter deadline closing candles of the common
+        kind only (`previews`), with no in-progress updates. The shard writes these before
+        the core closes them (aggregate.shard: the deadline's write goes out at once, the
+        bookkeeping of the close runs while Redis stores it). A symbol's kept preview is used
+        while no input of its own came in since (`trades` marks it); a gap, repair, seed or a
+        change of the symbol set drops them all."""
+        st = self.state
+        deadlines = st.deadlines
+        if not self._latency or not self._nested_always or self._updates_ms or not deadlines:
+            return None
+        now = time_ms if time_ms > st.now_ms else st.now_ms
+        deadline = deadlines[0]
+        if deadline > now:
+            return None
+        for other in st.due:
+            if other <= now and other != deadline:
+                return None  # more than one deadline: left to `clock`
+        boundary = now - self._latency
+        ahead = self._ahead if self._ahead_for == deadline else {}
+        stale = self._ahead_stale
+        symbols = st.symbols
+        out: list[CoreCandle] = []
+        names = st.due[deadline]
+        last = ""
+        for name in sorted(names) if len(names) > 1 else names:
+            if name == last:
+                continue  # queued twice for this deadline: closed once
+            last = name
+            sym = symbols[name]
+            if sym.deadline != deadline:
+                continue  # rescheduled since
+            if sym.gaps:
+                return None
+            kept = None if name in stale else ahead.get(name)
+            if kept is not None and boundary < kept[0]:
+                out += kept[1]
+            elif self._preview(name, sym, boundary, out) <= boundary:
+                return None
+        return out
+
+    def _preview(self, name: str, sym: SymbolState, boundary: int, out: list[CoreCandle]) -> int:
+        """`previews` for one symbol: what `_advance_nested` would emit at `boundary`. Returns
+        the boundary from which that would differ (the next end that would close), or 0 when
+        the close is not of the kind previewed (what it appended then is incomplete)."""
         # The statistics each level will hold when it closes: its own, with the candle of the
         # level before folded in (`_close` folds it first, when it had trades).
         cnt = vol = turn = buy = hi = lo = fp = lp = 0
+        until = NEVER
         for k, lv in enumerate(sym.levels):
             if lv.end_ms > boundary:
-                return
-            if lv.partial or self.plan[k].next_open(lv.end_ms) <= boundary:
-                return  # not shown, or more than one candle of it closes: left to the close
+                return lv.end_ms if lv.end_ms < until else until
+            following = self.plan[k].next_open(lv.end_ms)
+            if lv.partial or following <= boundary:
+                return 0  # not shown, or more than one candle of it closes: left to the close
+            if following < until:
+                until = following
             if not cnt:
                 cnt, vol, turn, buy = lv.cnt, lv.vol, lv.turn, lv.buy
                 fp, hi, lo, lp = lv.fp, lv.hi, lv.lo, lv.lp
@@ -350,13 +406,14 @@ class CandleCore(LateTrades):
             visible, o = self._visible[k], lv.open_ms
             if not cnt:
                 if prev is None:
-                    return
+                    return 0
                 out.append(CoreCandle(name, visible, o, prev, prev, prev, prev, 0, 0, 0, 0))
             elif prev is None or not self._bybit:
                 out.append(CoreCandle(name, visible, o, fp, hi, lo, lp, vol, turn, buy, cnt))
             else:  # Bybit's open rule, as in `_close`
                 out.append(CoreCandle(name, visible, o, prev, max(hi, prev), min(lo, prev), lp,
                                       vol, turn, buy, cnt))  # fmt: skip
+        return until
 
     def _advance_nested(self, name: str, sym: SymbolState, boundary: int) -> None:
         """`_advance` when every level is always open and each nests the one before: ends never

@@ -144,6 +144,11 @@ class CoreBase:
         self._ids_epoch = -1
         self._rotate_at = 0
         self._touched: dict[int, set[int]] = {}  # level -> opens of records changed by late trades
+        # Previews kept for CandleCore.closes_at: per symbol, the boundary from which its preview
+        # would differ and the candles; the deadline they are for; the symbols with input since.
+        self._ahead: dict[str, tuple[int, list[CoreCandle]]] = {}
+        self._ahead_for = -1
+        self._ahead_stale: set[str] = set()
         self.out: list[CoreCandle] = []
 
     def seed(self, symbol: str, start_ms: int, prev_close: int) -> None:
@@ -152,6 +157,7 @@ class CoreBase:
         Candles that open exactly at `start_ms` are then full candles (emitted); trades before
         `start_ms` are not ours. Used to compare with exchange klines from a known boundary.
         """
+        self._forget_previews()
         self._new_symbol(symbol, start_ms, prev_close)
 
     def remember_ids(
@@ -240,6 +246,7 @@ class CoreBase:
         """Drop the state of `names`; a trade of one later starts it afresh (a cold start)."""
         if not names:
             return
+        self._forget_previews()
         st = self.state
         gone = set(names)
         for name in names:
@@ -248,6 +255,10 @@ class CoreBase:
         for deadline, due in st.due.items():
             if not gone.isdisjoint(due):
                 st.due[deadline] = [name for name in due if name not in gone]
+
+    def _forget_previews(self) -> None:
+        """An input that may change any symbol's candles: no kept preview is used again."""
+        self._ahead = {}
 
     def take(self) -> list[CoreCandle]:
         out, self.out = self.out, []

@@ -35,6 +35,7 @@ class LateTrades(CoreBase):
     ) -> None:
         """Trades of `symbols` (all, if empty) in [from_ms, to_ms] may be missing; with
         `repairable`, ingest may fetch them back (a gap entry: see the module's docstring)."""
+        self._forget_previews()
         st = self.state
         horizon = st.now_ms - self._window
         for name in symbols or list(st.symbols):
@@ -145,6 +146,7 @@ class LateTrades(CoreBase):
     ) -> None:
         """A repair entry: the repairs of `symbols` inside [from_ms, to_ms] are closed; those of
         `complete` clear their candles' gap marks (see the module's docstring)."""
+        self._forget_previews()
         st = self.state
         whole = set(complete)
         for name in symbols:

@@ -403,3 +403,65 @@ def test_a_step_with_no_backlog_returns_with_its_candles_written(redis_url: str)
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_deadline_write_goes_out_before_the_core_closes_its_candles(redis_url: str) -> None:
+    """At a waiter deadline whose candles the core knows ahead (CandleCore.closes_at), the
+    step writes them first and the core closes them after: when the close runs, the candles
+    are in the candle stream already, and it writes nothing more. Two symbols past their
+    first (partial) candles; their 1s candles [-1 s, 0) close at the deadline (the 1m
+    candles are partial), with the trades' values."""
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
+        client.response_callbacks.pop("XREAD", None)
+        probe = redis.Redis.from_url(redis_url)
+        keys = Keys("ahead")
+        worker = await owned_worker(client, keys, 1000)
+        second = START_MS - START_MS % 1000
+        entries = [
+            TradesEntry("AAA", [Trade(second - 2500, "10.5", "1", Side.BUY, "a1")]),
+            TradesEntry("BBB", [Trade(second - 2400, "20", "1", Side.BUY, "b1")]),
+            TradesEntry("AAA", [Trade(second - 700, "10.9", "2", Side.SELL, "a2")]),
+            TradesEntry("AAA", [Trade(second - 400, "10.7", "3", Side.BUY, "a3")]),
+            ClockEntry(second + 40),  # past the boundary: previewed here
+        ]
+        for entry in entries:
+            await client.xadd(keys.trades(0), {STREAM_FIELD: entry_encoder.encode(entry)})
+            assert await worker.step(block_ms=None, overlap=True) == 1
+        before = probe.xlen(keys.klines(0))
+        in_stream_at_close: list[int] = []
+        clock = worker.core.clock
+
+        def probed_clock(time_ms: int) -> None:
+            in_stream_at_close.append(probe.xlen(keys.klines(0)))
+            clock(time_ms)
+
+        worker.core.clock = probed_clock  # type: ignore[method-assign]
+        deadline = ClockEntry(second + 80)
+        await client.xadd(keys.trades(0), {STREAM_FIELD: entry_encoder.encode(deadline)})
+        assert await worker.step(block_ms=None, overlap=True) == 1
+        assert in_stream_at_close == [before + 2]  # both candles written before the close
+        assert worker._pending == []
+        closed = [
+            candle_view_decoder.decode(fields[STREAM_FIELD])
+            for _, fields in replies.entries(await client.xrange(keys.klines(0)))
+        ][before:]
+        # AAA: Bybit's open is the previous close (10.5); trades 10.9 and 10.7, 5 in all.
+        # BBB: no trade, flat at 20.
+        assert [
+            (c.symbol, c.timestamp, str(c.open), str(c.high), str(c.low), str(c.close),
+             str(c.volume), c.trade_count)
+            for c in closed
+        ] == [
+            ("AAA", second - 1000, "10.5", "10.9", "10.5", "10.7", "5", 2),
+            ("BBB", second - 1000, "20", "20", "20", "20", "0", 0),
+        ]  # fmt: skip
+        raw_head = await client.hget(keys.state(0), checkpoint.HEAD)
+        assert isinstance(raw_head, bytes)
+        head = checkpoint.head_decoder.decode(raw_head)
+        assert head.last_id == worker.last_id  # the deadline's entry: covered by the write
+        probe.close()
+        await client.aclose()
+
+    asyncio.run(scenario())
