@@ -72,6 +72,14 @@ AHEAD_MISMATCH = REGISTRY.counter(
     ("shard",),
 )
 
+CLOSE_AFTER_S = 0.006
+"""How long the close of a deadline written ahead waits after its write (`_write_ahead`): the
+CPU goes first to getting the candles just written to their readers. The close's bookkeeping
+takes 0.4-0.6 ms of CPU per shard at 500 symbols; run at once, it took a core from publish at
+the moment the boundary's candles were on their way: candle delay p99 − waiter at 5,000 trades/s
+on the 2-core machine, one aggregate process, three trials each, 16/19/17 ms at once and 11/11/12
+ms after 6 ms (docs/benchmarks.md). Nothing waits for the close but this shard's next entries,
+and the boundary after is a whole interval away."""
 _CLOCK_PREFIX = b'{"type":"clock"'  # how a clock entry's JSON begins (common.wire)
 STEP_RECORD_MS = 100  # at most one (stream time, id) per this much stream time
 
@@ -340,13 +348,14 @@ class ShardAggregator:
         return self._build(candles, [], now_ms, b"")
 
     async def _write_ahead(self, ahead: _Write, entries: Sequence[Any]) -> None:
-        """Write a deadline's candles, then let the core close them (its bookkeeping: records,
-        folds, the next deadlines): while this shard waits for Redis, the other shards of the
-        process read their clock entries and send their writes, instead of waiting behind this
-        close. The close must emit exactly what was written; if it ever did not, the candles
-        it emitted are written next, and it is logged and counted
+        """Write a deadline's candles, then, CLOSE_AFTER_S later, let the core close them (its
+        bookkeeping: records, folds, the next deadlines): meanwhile the process's other shards
+        read their clock entries and send their writes, and publish gets the CPU, instead of
+        both waiting behind this close. The close must emit exactly what was written; if it
+        ever did not, the candles it emitted are written next, and it is logged and counted
         (aggregate_ahead_mismatch_total) as the bug it is."""
         await self._send(ahead)
+        await asyncio.sleep(CLOSE_AFTER_S)
         self.process(entries)
         if self._pending == ahead.closed:
             self._pending = []
