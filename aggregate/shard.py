@@ -88,6 +88,19 @@ OnWritten = Callable[[list[CoreCandle], float, int], None]
 (the delay metric of aggregate.service, and bench.aggregate)."""
 
 
+def _clock_entry(entry: Any) -> ClockEntry | None:
+    """The clock entry a raw [id, [field, value]] stream entry holds, if it is one."""
+    fields = entry[1]
+    payload = fields[1] if fields and len(fields) == 2 else None
+    if not isinstance(payload, bytes) or not payload.startswith(_CLOCK_PREFIX):
+        return None
+    try:
+        decoded = entry_decoder.decode(payload)
+    except ValueError:
+        return None  # the feeder reports it
+    return decoded if isinstance(decoded, ClockEntry) else None
+
+
 def _entries(reply: Any) -> list[Any]:
     """[[id, [field, value, ...]], ...] from a raw XREAD reply (RESP3 map or RESP2 list)."""
     if not reply:
@@ -280,11 +293,18 @@ class ShardAggregator:
         else:
             reply = await self._read(block_ms, self.last_id)
         entries = _entries(reply)
-        if len(entries) == 1 and not self._pending and self._inflight is None:
-            ahead = self._deadline_write(entries)
-            if ahead is not None:
-                await self._write_ahead(ahead, entries)
-                return 1
+        read = len(entries)
+        if entries and read < self.batch and self._inflight is None:
+            clock = _clock_entry(entries[-1])
+            if clock is not None:
+                if read > 1:  # the entries before it go first, as the close would see them
+                    self.process(entries[:-1])
+                    self.last_id = entries[-2][0].decode()
+                    entries = entries[-1:]
+                ahead = self._deadline_write(clock, entries[0][0].decode())
+                if ahead is not None:
+                    await self._write_ahead(ahead, entries)
+                    return read
         backlog = overlap and len(entries) >= self.batch
         if entries:
             last_id = entries[-1][0].decode()
@@ -320,32 +340,22 @@ class ShardAggregator:
             self._writer.prepare([])  # a backlog renders every candle: no lookups on the way
         return len(entries)
 
-    def _deadline_write(self, entries: Sequence[Any]) -> _Write | None:
-        """When the one entry read is a clock entry that reaches a waiter deadline whose
-        candles the core knows ahead (CandleCore.closes_at), the write of those candles, made
-        without closing them; else None. Not with a checkpoint due (it needs the state after
-        the close)."""
-        fields = entries[0][1]
-        payload = fields[1] if len(fields) == 2 else None
-        if not isinstance(payload, bytes) or not payload.startswith(_CLOCK_PREFIX):
-            return None
+    def _deadline_write(self, clock: ClockEntry, entry_id: str) -> _Write | None:
+        """When this clock entry (the last one read) reaches a waiter deadline whose candles
+        the core knows ahead (CandleCore.closes_at), the write of the candles pending and
+        those, made without closing them; else None. Not with a checkpoint due (it needs the
+        state after the close)."""
         if not self._checkpoint_id or (
             time.monotonic() - self._checkpoint_at >= checkpoint.CHECKPOINT_MAX_S
         ):
             return None
-        try:
-            entry = entry_decoder.decode(payload)
-        except ValueError:
-            return None  # the close reports it
-        if not isinstance(entry, ClockEntry):
-            return None
-        candles = self.core.closes_at(entry.time_ms)
+        candles = self.core.closes_at(clock.time_ms)
         if not candles:
             return None
-        self.last_id = entries[0][0].decode()
-        now_ms = max(self.core.state.now_ms, entry.time_ms)
+        self.last_id = entry_id
+        now_ms = max(self.core.state.now_ms, clock.time_ms)
         self._record_step(now_ms)
-        return self._build(candles, [], now_ms, b"")
+        return self._build(self._pending + candles, [], now_ms, b"")
 
     async def _write_ahead(self, ahead: _Write, entries: Sequence[Any]) -> None:
         """Write a deadline's candles, then, CLOSE_AFTER_S later, let the core close them (its

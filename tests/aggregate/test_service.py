@@ -465,3 +465,60 @@ def test_a_deadline_write_goes_out_before_the_core_closes_its_candles(redis_url:
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_deadline_read_with_trades_before_it_writes_both_before_the_close(
+    redis_url: str,
+) -> None:
+    """The deadline's clock entry read together with a trade entry before it (ingest queues
+    the clock entry behind what it received): the trade goes into the core first (here it
+    closes BBB's candle early: a trade past its end), then one write holds BBB's candle and
+    the deadline's, in that order, before the core closes the deadline's."""
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
+        client.response_callbacks.pop("XREAD", None)
+        probe = redis.Redis.from_url(redis_url)
+        keys = Keys("ahead2")
+        worker = await owned_worker(client, keys, 1000)
+        second = START_MS - START_MS % 1000
+        entries = [
+            TradesEntry("AAA", [Trade(second - 2500, "10.5", "1", Side.BUY, "a1")]),
+            TradesEntry("BBB", [Trade(second - 2400, "20", "1", Side.BUY, "b1")]),
+            TradesEntry("AAA", [Trade(second - 400, "10.7", "3", Side.BUY, "a3")]),
+            ClockEntry(second + 40),
+        ]
+        for entry in entries:
+            await client.xadd(keys.trades(0), {STREAM_FIELD: entry_encoder.encode(entry)})
+            assert await worker.step(block_ms=None, overlap=True) == 1
+        before = probe.xlen(keys.klines(0))
+        in_stream_at_close: list[int] = []
+        clock = worker.core.clock
+
+        def probed_clock(time_ms: int) -> None:
+            in_stream_at_close.append(probe.xlen(keys.klines(0)))
+            clock(time_ms)
+
+        worker.core.clock = probed_clock  # type: ignore[method-assign]
+        together = [
+            TradesEntry("BBB", [Trade(second + 50, "21", "2", Side.SELL, "b2")]),
+            ClockEntry(second + 80),
+        ]
+        for entry in together:
+            await client.xadd(keys.trades(0), {STREAM_FIELD: entry_encoder.encode(entry)})
+        assert await worker.step(block_ms=None, overlap=True) == 2
+        assert in_stream_at_close == [before + 2]
+        closed = [
+            candle_view_decoder.decode(fields[STREAM_FIELD])
+            for _, fields in replies.entries(await client.xrange(keys.klines(0)))
+        ][before:]
+        assert [(c.symbol, c.timestamp, str(c.close), c.trade_count) for c in closed] == [
+            ("BBB", second - 1000, "20", 0),
+            ("AAA", second - 1000, "10.7", 1),
+        ]
+        [(newest, _)] = replies.entries(await client.xrevrange(keys.trades(0), count=1))
+        assert worker.last_id == newest.decode()
+        probe.close()
+        await client.aclose()
+
+    asyncio.run(scenario())
