@@ -79,7 +79,11 @@ takes 0.4-0.6 ms of CPU per shard at 500 symbols; run at once, it took a core fr
 the moment the boundary's candles were on their way: candle delay p99 − waiter at 5,000 trades/s
 on the 2-core machine, one aggregate process, three trials each, 16/19/17 ms at once and 11/11/12
 ms after 6 ms (docs/benchmarks.md). Nothing waits for the close but this shard's next entries,
-and the boundary after is a whole interval away."""
+and the boundary after is a whole interval away. Live deadlines only (LIVE_MS)."""
+LIVE_MS = 1000
+"""A deadline whose clock entry is older than this (wall clock) is not live: a replay or a
+catch-up. Its close does not wait (CLOSE_AFTER_S): nobody waits on one boundary then, and a
+wait per deadline would cap how fast a shard catches up (a day of 1s candles: 86,400 waits)."""
 _CLOCK_PREFIX = b'{"type":"clock"'  # how a clock entry's JSON begins (common.wire)
 STEP_RECORD_MS = 100  # at most one (stream time, id) per this much stream time
 
@@ -365,7 +369,8 @@ class ShardAggregator:
         ever did not, the candles it emitted are written next, and it is logged and counted
         (aggregate_ahead_mismatch_total) as the bug it is."""
         await self._send(ahead)
-        await asyncio.sleep(CLOSE_AFTER_S)
+        if time.time() * 1000 - ahead.now_ms < LIVE_MS:
+            await asyncio.sleep(CLOSE_AFTER_S)
         self.process(entries)
         if self._pending == ahead.closed:
             self._pending = []

@@ -11,6 +11,7 @@ import redis
 import redis.asyncio as aioredis
 
 from aggregate import checkpoint
+from aggregate import shard as shard_module
 from aggregate.service import core_config
 from aggregate.shard import ShardAggregator
 from common.errors import LeaseLostError
@@ -519,6 +520,39 @@ def test_a_deadline_read_with_trades_before_it_writes_both_before_the_close(
         [(newest, _)] = replies.entries(await client.xrevrange(keys.trades(0), count=1))
         assert worker.last_id == newest.decode()
         probe.close()
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_the_close_of_an_old_deadline_does_not_wait(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deadline written ahead closes CLOSE_AFTER_S after its write only when it is live: one
+    of a replayed or caught-up stream (its clock entry older than LIVE_MS) closes at once, or a
+    day of 1s candles would wait 86,400 times. Here the wait is made an hour long: a step of an
+    old deadline must still end at once."""
+    monkeypatch.setattr(shard_module, "CLOSE_AFTER_S", 3600.0)
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
+        client.response_callbacks.pop("XREAD", None)
+        keys = Keys("oldahead")
+        worker = await owned_worker(client, keys, 1000)
+        second = START_MS - START_MS % 1000  # months before now
+        entries = [
+            TradesEntry("AAA", [Trade(second - 2500, "10.5", "1", Side.BUY, "a1")]),
+            TradesEntry("AAA", [Trade(second - 400, "10.7", "3", Side.BUY, "a3")]),
+            ClockEntry(second + 40),
+            ClockEntry(second + 80),
+        ]
+        for entry in entries:
+            await client.xadd(keys.trades(0), {STREAM_FIELD: entry_encoder.encode(entry)})
+            assert await asyncio.wait_for(worker.step(block_ms=None, overlap=True), 10) == 1
+        *_, (_, fields) = replies.entries(await client.xrange(keys.klines(0)))
+        candle = candle_view_decoder.decode(fields[STREAM_FIELD])  # the deadline's, written
+        assert (candle.timestamp, str(candle.close)) == (second - 1000, "10.7")
+        assert worker._pending == [] and second + 80 not in worker.core.state.due  # and closed
         await client.aclose()
 
     asyncio.run(scenario())
