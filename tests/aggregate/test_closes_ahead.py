@@ -6,27 +6,23 @@ late); otherwise closes_at must say it does not know (None)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aggregate.candles import CandleCore, CoreConfig
 from common.intervals import parse_intervals
 from tests.aggregate.streams import SYMBOLS, Clock, Event, Gap, Msg, feed_core, streams
+from tests.aggregate.test_render_ahead import _config as render_config
 
-LATENCY_MS = 80
+LATENCY_MS = 80  # as test_render_ahead's config
 START_MS = 1_786_310_037_000  # 3 s before a minute's end: streams cross minute boundaries
 ONE = 10**13  # scaled 1 (common.decimals)
 
 
 def _config(intervals: str, bybit_open: bool, emit_empty: bool, updates_ms: int = 0) -> CoreConfig:
-    return CoreConfig(
-        intervals=parse_intervals(intervals),
-        waiter_latency_ms=LATENCY_MS,
-        revision_window_ms=5_000,
-        open_at_previous_close=bybit_open,
-        emit_empty=emit_empty,
-        updates_ms=updates_ms,
-    )
+    return replace(render_config(intervals, bybit_open, emit_empty), updates_ms=updates_ms)
 
 
 def _with_deadlines(events: list[Event], lateness: list[int], late: list[int]) -> list[Event]:

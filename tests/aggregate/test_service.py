@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -406,6 +407,28 @@ def test_a_step_with_no_backlog_returns_with_its_candles_written(redis_url: str)
     asyncio.run(scenario())
 
 
+async def _step_through(
+    worker: ShardAggregator, client: aioredis.Redis, entries: list[Any]
+) -> None:
+    """Each entry written to shard 0's trade stream, then one step that reads it."""
+    for entry in entries:
+        await client.xadd(worker.keys.trades(0), {STREAM_FIELD: entry_encoder.encode(entry)})
+        assert await worker.step(block_ms=None, overlap=True) == 1
+
+
+def _klines_at_close(worker: ShardAggregator, probe: redis.Redis) -> list[int]:
+    """Makes the core's clock note how many entries the candle stream holds when it runs."""
+    seen: list[int] = []
+    clock = worker.core.clock
+
+    def probed_clock(time_ms: int) -> None:
+        seen.append(probe.xlen(worker.keys.klines(0)))
+        clock(time_ms)
+
+    worker.core.clock = probed_clock  # type: ignore[method-assign]
+    return seen
+
+
 def test_a_deadline_write_goes_out_before_the_core_closes_its_candles(redis_url: str) -> None:
     """At a waiter deadline whose candles the core knows ahead (CandleCore.closes_at), the
     step writes them first and the core closes them after: when the close runs, the candles
@@ -427,18 +450,9 @@ def test_a_deadline_write_goes_out_before_the_core_closes_its_candles(redis_url:
             TradesEntry("AAA", [Trade(second - 400, "10.7", "3", Side.BUY, "a3")]),
             ClockEntry(second + 40),  # past the boundary: previewed here
         ]
-        for entry in entries:
-            await client.xadd(keys.trades(0), {STREAM_FIELD: entry_encoder.encode(entry)})
-            assert await worker.step(block_ms=None, overlap=True) == 1
+        await _step_through(worker, client, entries)
         before = probe.xlen(keys.klines(0))
-        in_stream_at_close: list[int] = []
-        clock = worker.core.clock
-
-        def probed_clock(time_ms: int) -> None:
-            in_stream_at_close.append(probe.xlen(keys.klines(0)))
-            clock(time_ms)
-
-        worker.core.clock = probed_clock  # type: ignore[method-assign]
+        in_stream_at_close = _klines_at_close(worker, probe)
         deadline = ClockEntry(second + 80)
         await client.xadd(keys.trades(0), {STREAM_FIELD: entry_encoder.encode(deadline)})
         assert await worker.step(block_ms=None, overlap=True) == 1
@@ -489,18 +503,9 @@ def test_a_deadline_read_with_trades_before_it_writes_both_before_the_close(
             TradesEntry("AAA", [Trade(second - 400, "10.7", "3", Side.BUY, "a3")]),
             ClockEntry(second + 40),
         ]
-        for entry in entries:
-            await client.xadd(keys.trades(0), {STREAM_FIELD: entry_encoder.encode(entry)})
-            assert await worker.step(block_ms=None, overlap=True) == 1
+        await _step_through(worker, client, entries)
         before = probe.xlen(keys.klines(0))
-        in_stream_at_close: list[int] = []
-        clock = worker.core.clock
-
-        def probed_clock(time_ms: int) -> None:
-            in_stream_at_close.append(probe.xlen(keys.klines(0)))
-            clock(time_ms)
-
-        worker.core.clock = probed_clock  # type: ignore[method-assign]
+        in_stream_at_close = _klines_at_close(worker, probe)
         together = [
             TradesEntry("BBB", [Trade(second + 50, "21", "2", Side.SELL, "b2")]),
             ClockEntry(second + 80),
