@@ -254,19 +254,28 @@ class Writer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Write until `stop`, then flush what is queued (bounded by the caller's timeout)."""
-        interval = self._clock_interval_ms
         while not stop.is_set():
-            # Wake on the clock's grid (multiples of the interval): with a waiter latency that
-            # the interval divides, a clock entry lands right at each candle's closing time.
-            wait_s = (interval - now_ms() % interval) / 1000
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait_s)
+            wait_s = self._wait_s(now_ms())
+            if wait_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait_s)
             self._wake.clear()
             await self.flush_once(stop)
             await self._maybe_trim()
         while self._queue:
             if not await self.flush_once(None):
                 break
+
+    def _wait_s(self, now: int) -> float:
+        """How long to wait for input before the next flush: until the clock's next grid point
+        (multiples of the interval; with a waiter latency that the interval divides, a clock
+        entry lands right at each candle's closing time), or not at all when a grid point
+        passed without its clock entry (a write was under way then): it goes out now, not a
+        grid point later or behind the next input."""
+        interval = self._clock_interval_ms
+        if self._clock and self.ready and now // interval > self._last_clock_ms // interval:
+            return 0.0
+        return (interval - now % interval) / 1000
 
     async def flush_once(self, stop: asyncio.Event | None) -> bool:
         """Take one batch (plus due clock entries) and write it, retrying until it is written."""

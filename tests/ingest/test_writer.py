@@ -290,3 +290,22 @@ async def test_every_shards_part_of_a_batch_is_sent_at_once(redis_url: str) -> N
                 if isinstance(e, TradesEntry)] == [f"id{10 * shard}"]  # fmt: skip
     await client.aclose()
     await probe.aclose()
+
+
+async def test_a_grid_point_passed_during_a_write_gets_its_clock_entry_at_once(
+    redis_url: str,
+) -> None:
+    """The writer waits for input until the clock's next grid point; when a grid point passed
+    while it was writing (no clock entry in the new grid cell yet), it does not wait at all:
+    that clock entry goes out at once. It waited a whole grid interval (19 ms of 20 here), or
+    until the next input arrived: clock entries 7-9 ms late in a fifth of the grid cells under
+    a load that arrives 5 ms off the grid."""
+    client = aioredis.Redis.from_url(redis_url)
+    writer = _writer(client, clock_interval_ms=20)
+    writer.ready.add(0)
+    writer._last_clock_ms = 1_000_003  # the clock entry of the cell [1_000_000, 1_000_020)
+    assert writer._wait_s(1_000_012) == pytest.approx(0.008)  # same cell: until the grid point
+    assert writer._wait_s(1_000_021) == 0.0  # the grid point passed during a write
+    writer.ready.clear()  # no shard to write a clock entry to: wait for the grid as ever
+    assert writer._wait_s(1_000_021) == pytest.approx(0.019)
+    await client.aclose()
