@@ -307,7 +307,7 @@ class ShardAggregator:
                     entries = entries[-1:]
                 ahead = self._deadline_write(clock, entries[0][0].decode())
                 if ahead is not None:
-                    await self._write_ahead(ahead, entries)
+                    await self._write_ahead(*ahead, entries)
                     return read
         backlog = overlap and len(entries) >= self.batch
         if entries:
@@ -344,11 +344,13 @@ class ShardAggregator:
             self._writer.prepare([])  # a backlog renders every candle: no lookups on the way
         return len(entries)
 
-    def _deadline_write(self, clock: ClockEntry, entry_id: str) -> _Write | None:
+    def _deadline_write(
+        self, clock: ClockEntry, entry_id: str
+    ) -> tuple[_Write, list[CoreCandle]] | None:
         """When this clock entry (the last one read) reaches a waiter deadline whose candles
-        the core knows ahead (CandleCore.closes_at), the write of the candles pending and
-        those, made without closing them; else None. Not with a checkpoint due (it needs the
-        state after the close)."""
+        the core knows ahead (CandleCore.closes_at), the write of the candles pending (taken
+        out of `_pending`) and those, made without closing them, and the candles the close
+        must emit; else None. Not with a checkpoint due (it needs the state after the close)."""
         if not self._checkpoint_id or (
             time.monotonic() - self._checkpoint_at >= checkpoint.CHECKPOINT_MAX_S
         ):
@@ -359,27 +361,31 @@ class ShardAggregator:
         self.last_id = entry_id
         now_ms = max(self.core.state.now_ms, clock.time_ms)
         self._record_step(now_ms)
-        return self._build(self._pending + candles, [], now_ms, b"")
+        pending, self._pending = self._pending, []
+        return self._build(pending + candles, [], now_ms, b""), candles
 
-    async def _write_ahead(self, ahead: _Write, entries: Sequence[Any]) -> None:
+    async def _write_ahead(
+        self, ahead: _Write, expected: list[CoreCandle], entries: Sequence[Any]
+    ) -> None:
         """Write a deadline's candles, then, CLOSE_AFTER_S later, let the core close them (its
         bookkeeping: records, folds, the next deadlines): meanwhile the process's other shards
         read their clock entries and send their writes, and publish gets the CPU, instead of
         both waiting behind this close. The close must emit exactly what was written; if it
-        ever did not, the candles it emitted are written next, and it is logged and counted
+        ever did not, the candles it emitted are written next (those before the deadline's,
+        written ahead with them, are not written again), and it is logged and counted
         (aggregate_ahead_mismatch_total) as the bug it is."""
         await self._send(ahead)
         if time.time() * 1000 - ahead.now_ms < LIVE_MS:
             await asyncio.sleep(CLOSE_AFTER_S)
         self.process(entries)
-        if self._pending == ahead.closed:
+        if self._pending == expected:
             self._pending = []
         else:
             AHEAD_MISMATCH.inc(1, self._label)
             log.error(
                 "shard %d: the close of %s emitted %d candles, not the %d written ahead; "
                 "writing what it emitted",
-                self.shard, ahead.last_id, len(self._pending), len(ahead.closed),
+                self.shard, ahead.last_id, len(self._pending), len(expected),
             )  # fmt: skip
         self._report(ahead.now_ms)
         self._render_ahead()

@@ -15,6 +15,7 @@ from aggregate import checkpoint
 from aggregate import shard as shard_module
 from aggregate.service import core_config
 from aggregate.shard import ShardAggregator
+from aggregate.state import CoreCandle
 from common.errors import LeaseLostError
 from common.intervals import parse_intervals
 from common.keys import Keys
@@ -525,6 +526,62 @@ def test_a_deadline_read_with_trades_before_it_writes_both_before_the_close(
         [(newest, _)] = replies.entries(await client.xrevrange(keys.trades(0), count=1))
         assert worker.last_id == newest.decode()
         probe.close()
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_close_that_contradicts_its_write_ahead_writes_only_what_it_emitted(
+    redis_url: str,
+) -> None:
+    """If the close ever emitted other candles than those written ahead (a bug: here
+    CandleCore.closes_at is made to leave BBB out), it is counted and the close's candles are
+    written next; CCC's candle, closed by the trade read with the deadline and written ahead
+    with AAA's, is not written a second time."""
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
+        client.response_callbacks.pop("XREAD", None)
+        keys = Keys("mismatch")
+        worker = await owned_worker(client, keys, 1000)
+        second = START_MS - START_MS % 1000
+        entries = [
+            TradesEntry("AAA", [Trade(second - 2500, "10.5", "1", Side.BUY, "a1")]),
+            TradesEntry("BBB", [Trade(second - 2400, "20", "1", Side.BUY, "b1")]),
+            TradesEntry("CCC", [Trade(second - 2300, "30", "1", Side.BUY, "c1")]),
+            TradesEntry("AAA", [Trade(second - 400, "10.7", "3", Side.BUY, "a3")]),
+            ClockEntry(second + 40),
+        ]
+        await _step_through(worker, client, entries)
+        before = len(replies.entries(await client.xrange(keys.klines(0))))
+        closes_at = worker.core.closes_at
+
+        def leaves_bbb_out(time_ms: int) -> list[CoreCandle] | None:
+            candles = closes_at(time_ms)
+            return None if candles is None else [c for c in candles if c.symbol != "BBB"]
+
+        worker.core.closes_at = leaves_bbb_out  # type: ignore[method-assign]
+        mismatches = shard_module.AHEAD_MISMATCH.get("0")
+        together = [
+            TradesEntry("CCC", [Trade(second + 50, "31", "2", Side.SELL, "c2")]),
+            ClockEntry(second + 80),
+        ]
+        for entry in together:
+            await client.xadd(keys.trades(0), {STREAM_FIELD: entry_encoder.encode(entry)})
+        assert await worker.step(block_ms=None, overlap=True) == 2
+        assert shard_module.AHEAD_MISMATCH.get("0") == mismatches + 1
+        assert await worker.step(block_ms=None, overlap=True) == 0  # writes what is pending
+        written = [
+            candle_view_decoder.decode(fields[STREAM_FIELD])
+            for _, fields in replies.entries(await client.xrange(keys.klines(0)))
+        ][before:]
+        assert [(c.symbol, c.timestamp, str(c.close)) for c in written] == [
+            ("CCC", second - 1000, "30"),  # closed early by c2, written ahead with AAA's
+            ("AAA", second - 1000, "10.7"),  # written ahead
+            ("AAA", second - 1000, "10.7"),  # the close's output, written next
+            ("BBB", second - 1000, "20"),
+        ]
+        assert worker._pending == []
         await client.aclose()
 
     asyncio.run(scenario())
