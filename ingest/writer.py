@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from common.backoff import backoff
 from common.keys import Keys
@@ -342,11 +343,10 @@ class Writer:
             by_shard.setdefault(item.shard, []).append(item)
         # Every shard's part at once (one round trip for all, not one each): the scripts run one
         # after the other in Redis anyway, each atomic, and a retry of any part after a lost reply
-        # is recognised by its serial (WRITE_LUA), so the parts need no order among themselves.
+        # is recognised by its serial (WRITE_LUA), so the parts need no order among themselves
+        # (and after a lost connection, all of them are simply tried again).
         parts = list(by_shard.items())
-        outcomes = await asyncio.gather(
-            *(self._write_part(shard, items) for shard, items in parts), return_exceptions=True
-        )
+        outcomes = await self._write_parts(parts)
         later: list[Item] = []
         settled: set[int] = set()  # written, or dropped with a lost lease
         failed: BaseException | None = None
@@ -375,15 +375,42 @@ class Writer:
             raise failed
         return later
 
+    async def _write_parts(self, parts: list[tuple[int, list[Item]]]) -> list[BaseException | None]:
+        """Each part's outcome: None (written) or the error its script gave. One pipeline on
+        one connection for all parts: at 5,000 trades/s the four scripts as four concurrent
+        calls cost ingest a fifth of its CPU (each a pooled connection, a send and a reply
+        read). On a cluster the shards live on different nodes: one call each, concurrently."""
+        if isinstance(self._redis, RedisCluster):
+            return await asyncio.gather(
+                *(self._write_part(shard, items) for shard, items in parts),
+                return_exceptions=True,
+            )
+        outcomes = await self._pipelined(parts)
+        missing = [k for k, o in enumerate(outcomes) if isinstance(o, NoScriptError)]
+        if missing:  # a Redis restarted without its scripts: those parts did not run
+            await self._redis.script_load(WRITE_LUA)
+            again = await self._pipelined([parts[k] for k in missing])
+            for k, outcome in zip(missing, again, strict=True):
+                outcomes[k] = outcome
+        return outcomes
+
+    async def _pipelined(self, parts: list[tuple[int, list[Item]]]) -> list[BaseException | None]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for shard, items in parts:
+                keys, args = self._part(shard, items)
+                pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+            replies = await pipe.execute(raise_on_error=False)
+        return [r if isinstance(r, BaseException) else None for r in replies]
+
+    def _part(self, shard: int, items: list[Item]) -> tuple[list[str], list[str | int | bytes]]:
+        """WRITE_LUA's keys and arguments."""
+        keys = self._keys
+        shard_keys = [keys.lease("ingest", shard), keys.trades(shard), keys.ingest_batch(shard)]
+        return shard_keys, [self.token, items[-1].serial, *(i.payload for i in items)]
+
     async def _write_part(self, shard: int, items: list[Item]) -> None:
-        await self._script(
-            keys=[
-                self._keys.lease("ingest", shard),
-                self._keys.trades(shard),
-                self._keys.ingest_batch(shard),
-            ],
-            args=[self.token, items[-1].serial, *(i.payload for i in items)],
-        )
+        keys, args = self._part(shard, items)
+        await self._script(keys=keys, args=args)
 
     def _flush_drop_gaps(self) -> None:
         if not self._drops:
