@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from common.wire import (
 from tests.support import replies
 from tests.support.history import latest_revisions, stored
 from tests.support.procs import Proc, python_module
-from tests.support.waiting import wait_until
+from tests.support.waiting import async_wait_until, wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -175,10 +176,14 @@ def test_kill9_gives_the_same_candles_as_an_uninterrupted_run(
 
 
 async def owned_worker(
-    client: aioredis.Redis, keys: Keys, batch: int, klines_maxlen: int = 10**6
+    client: aioredis.Redis,
+    keys: Keys,
+    batch: int,
+    klines_maxlen: int = 10**6,
+    settings: AggregateSettings | None = None,
 ) -> ShardAggregator:
-    """Shard 0's aggregator (1s,1m) holding its lease as "me", loaded."""
-    settings = AggregateSettings(kline_intervals="1s,1m")
+    """Shard 0's aggregator (1s,1m unless `settings` say) holding its lease as "me", loaded."""
+    settings = settings or AggregateSettings(kline_intervals="1s,1m")
     worker = ShardAggregator(
         client, keys, 0, core_config(settings), "linear", "me", batch, klines_maxlen, 1000
     )
@@ -618,3 +623,85 @@ def test_the_close_of_an_old_deadline_does_not_wait(
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_live_shard_reads_lazily_only_while_no_candle_of_it_can_close(redis_url: str) -> None:
+    """Between a waiter deadline and the next boundary nothing a shard reads closes a candle:
+    a live shard that has caught up waits up to LAZY_MS before its next read there, and not at
+    all from the boundary until its deadline, in a backlog, behind the wall clock (a catch-up)
+    or with in-progress updates. AAA's candle [M - 1 min, M) closes at M + 80 ms (1m only)."""
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
+        client.response_callbacks.pop("XREAD", None)
+        minute = START_MS - START_MS % 60_000
+        entries = [
+            TradesEntry("AAA", [Trade(minute - 90_000, "10", "1", Side.BUY, "a1")]),
+            TradesEntry("AAA", [Trade(minute - 30_000, "11", "1", Side.BUY, "a2")]),
+            ClockEntry(minute - 20_000),
+        ]
+        lazy = shard_module.LAZY_MS / 1000
+        workers = {}
+        for updates_ms in (0, 1000):
+            settings = AggregateSettings(kline_intervals="1m", kline_updates_ms=updates_ms)
+            worker = await owned_worker(client, Keys(f"lazy{updates_ms}"), 1000, settings=settings)
+            await _step_through(worker, client, entries)
+            assert worker.core.state.deadlines[0] == minute + 80
+            workers[updates_ms] = worker
+        worker = workers[0]
+        assert worker._lazy_s(1, minute - 20_000) == lazy  # live, caught up, far from M
+        assert workers[1000]._lazy_s(1, minute - 20_000) == 0.0  # in-progress updates
+        assert worker._lazy_s(1000, minute - 20_000) == 0.0  # a full read: a backlog
+        behind = minute - 20_000 + shard_module.LIVE_MS + 1
+        assert worker._lazy_s(1, behind) == 0.0  # the stream is behind the wall clock
+        await _step_through(worker, client, [ClockEntry(minute - 40)])
+        assert worker._lazy_s(1, minute - 30) == pytest.approx(0.030)  # until the boundary
+        assert worker._lazy_s(1, minute + 10) == 0.0  # between the boundary and the deadline
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_caught_up_live_shard_reads_once_per_lazy_wait(redis_url: str) -> None:
+    """A clock entry every 2 ms, stamped with the wall clock, far from a boundary (1d candles):
+    the running shard reads them a lazy wait's worth at a time, not one read each, and still
+    reads every one. Without the wait: about one XREAD per entry."""
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
+        client.response_callbacks.pop("XREAD", None)
+        keys = Keys("lazyrun")
+        settings = AggregateSettings(kline_intervals="1d")
+        worker = await owned_worker(client, keys, 1000, settings=settings)
+        now = int(time.time() * 1000)
+        first = await client.xadd(
+            keys.trades(0),
+            {STREAM_FIELD: entry_encoder.encode(
+                TradesEntry("AAA", [Trade(now, "10", "1", Side.BUY, "a1")]))},
+        )  # fmt: skip
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+
+        async def read(entry_id: str) -> bool:
+            return worker.last_id == entry_id
+
+        await async_wait_until(lambda: read(_text(first)), 10)
+        reads_before = (await client.info("commandstats"))["cmdstat_xread"]["calls"]
+        last: bytes | str = b""
+        for _ in range(150):
+            clock = ClockEntry(int(time.time() * 1000))
+            last = await client.xadd(keys.trades(0), {STREAM_FIELD: entry_encoder.encode(clock)})
+            await asyncio.sleep(0.002)  # the producer's pace, not a wait for the worker
+        await async_wait_until(lambda: read(_text(last)), 10)
+        reads = (await client.info("commandstats"))["cmdstat_xread"]["calls"] - reads_before
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        elapsed_waits = 150 * 0.002 / (shard_module.LAZY_MS / 1000)
+        assert reads <= 4 * elapsed_waits + 10, reads  # not ~150
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def _text(entry_id: bytes | str) -> str:
+    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
