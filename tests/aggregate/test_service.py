@@ -175,6 +175,13 @@ def test_kill9_gives_the_same_candles_as_an_uninterrupted_run(
     assert stored(client, calm, intervals) == latest_revisions(expected)
 
 
+def raw_client(redis_url: str) -> aioredis.Redis:
+    """A client that takes XREAD replies raw, as the aggregator's own does."""
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
+    client.response_callbacks.pop("XREAD", None)
+    return client
+
+
 async def owned_worker(
     client: aioredis.Redis,
     keys: Keys,
@@ -194,8 +201,7 @@ async def owned_worker(
 
 def test_stale_owner_is_refused(redis_url: str) -> None:
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
-        client.response_callbacks.pop("XREAD", None)
+        client = raw_client(redis_url)
         keys = Keys("stale")
         for data in prepared_entries(300):
             await client.xadd(keys.trades(0), {STREAM_FIELD: data})
@@ -252,8 +258,7 @@ def test_resume_replays_from_an_older_checkpoint(
             done += 1
 
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
-        client.response_callbacks.pop("XREAD", None)
+        client = raw_client(redis_url)
         entries = prepared_entries(1500)
         calm, resumed = Keys("calm"), Keys("resumed")
         for keys in (calm, resumed):
@@ -278,8 +283,7 @@ def test_resume_replays_from_an_older_checkpoint(
 
 def test_a_version_1_checkpoint_gives_a_cold_start_after_its_id(redis_url: str) -> None:
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
-        client.response_callbacks.pop("XREAD", None)
+        client = raw_client(redis_url)
         keys = Keys("old")
         ids = [
             replies.value(await client.xadd(keys.trades(0), {STREAM_FIELD: d}))
@@ -310,8 +314,7 @@ def test_a_checkpoint_of_the_version_before_gives_a_cold_start_after_its_head(
     resumed but gives a cold start after its head, as every other version does."""
 
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
-        client.response_callbacks.pop("XREAD", None)
+        client = raw_client(redis_url)
         keys = Keys("v4")
         for data in prepared_entries(300):
             await client.xadd(keys.trades(0), {STREAM_FIELD: data})
@@ -346,8 +349,7 @@ def test_overlapped_steps_write_what_plain_steps_write(redis_url: str) -> None:
         return steps
 
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
-        client.response_callbacks.pop("XREAD", None)
+        client = raw_client(redis_url)
         plain, overlapped = Keys("plain"), Keys("overlapped")
         for keys in (plain, overlapped):
             for data in prepared_entries(1200):
@@ -382,8 +384,7 @@ def test_a_step_with_no_backlog_returns_with_its_candles_written(redis_url: str)
     event loop). The candles are the ones the trades make, rendered ahead or not."""
 
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
-        client.response_callbacks.pop("XREAD", None)
+        client = raw_client(redis_url)
         keys = Keys("nobacklog")
         worker = await owned_worker(client, keys, 1000)
         written: list[tuple[str, int, int]] = []
@@ -443,8 +444,7 @@ def test_a_deadline_write_goes_out_before_the_core_closes_its_candles(redis_url:
     candles are partial), with the trades' values."""
 
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
-        client.response_callbacks.pop("XREAD", None)
+        client = raw_client(redis_url)
         probe = redis.Redis.from_url(redis_url)
         keys = Keys("ahead")
         worker = await owned_worker(client, keys, 1000)
@@ -497,8 +497,7 @@ def test_a_deadline_read_with_trades_before_it_writes_both_before_the_close(
     the deadline's, in that order, before the core closes the deadline's."""
 
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
-        client.response_callbacks.pop("XREAD", None)
+        client = raw_client(redis_url)
         probe = redis.Redis.from_url(redis_url)
         keys = Keys("ahead2")
         worker = await owned_worker(client, keys, 1000)
@@ -545,8 +544,7 @@ def test_a_close_that_contradicts_its_write_ahead_writes_only_what_it_emitted(
     with AAA's, is not written a second time."""
 
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
-        client.response_callbacks.pop("XREAD", None)
+        client = raw_client(redis_url)
         keys = Keys("mismatch")
         worker = await owned_worker(client, keys, 1000)
         second = START_MS - START_MS % 1000
@@ -602,8 +600,7 @@ def test_the_close_of_an_old_deadline_does_not_wait(
     monkeypatch.setattr(shard_module, "CLOSE_AFTER_S", 3600.0)
 
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
-        client.response_callbacks.pop("XREAD", None)
+        client = raw_client(redis_url)
         keys = Keys("oldahead")
         worker = await owned_worker(client, keys, 1000)
         second = START_MS - START_MS % 1000  # months before now
@@ -632,8 +629,7 @@ def test_a_live_shard_reads_lazily_only_while_no_candle_of_it_can_close(redis_ur
     or with in-progress updates. AAA's candle [M - 1 min, M) closes at M + 80 ms (1m only)."""
 
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
-        client.response_callbacks.pop("XREAD", None)
+        client = raw_client(redis_url)
         minute = START_MS - START_MS % 60_000
         entries = [
             TradesEntry("AAA", [Trade(minute - 90_000, "10", "1", Side.BUY, "a1")]),
@@ -668,8 +664,7 @@ def test_a_caught_up_live_shard_reads_once_per_lazy_wait(redis_url: str) -> None
     reads every one. Without the wait: about one XREAD per entry."""
 
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(redis_url, socket_timeout=None)
-        client.response_callbacks.pop("XREAD", None)
+        client = raw_client(redis_url)
         keys = Keys("lazyrun")
         settings = AggregateSettings(kline_intervals="1d")
         worker = await owned_worker(client, keys, 1000, settings=settings)
