@@ -680,14 +680,14 @@ def test_a_caught_up_live_shard_reads_once_per_lazy_wait(redis_url: str) -> None
         async def read(entry_id: str) -> bool:
             return worker.last_id == entry_id
 
-        await async_wait_until(lambda: read(_text(first)), 10)
+        await async_wait_until(lambda: read(replies.value(first).decode()), 10)
         reads_before = (await client.info("commandstats"))["cmdstat_xread"]["calls"]
-        last: bytes | str = b""
+        last = first
         for _ in range(150):
             clock = ClockEntry(int(time.time() * 1000))
             last = await client.xadd(keys.trades(0), {STREAM_FIELD: entry_encoder.encode(clock)})
             await asyncio.sleep(0.002)  # the producer's pace, not a wait for the worker
-        await async_wait_until(lambda: read(_text(last)), 10)
+        await async_wait_until(lambda: read(replies.value(last).decode()), 10)
         reads = (await client.info("commandstats"))["cmdstat_xread"]["calls"] - reads_before
         stop.set()
         await asyncio.wait_for(task, 10)
@@ -696,7 +696,3 @@ def test_a_caught_up_live_shard_reads_once_per_lazy_wait(redis_url: str) -> None
         await client.aclose()
 
     asyncio.run(scenario())
-
-
-def _text(entry_id: bytes | str) -> str:
-    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
