@@ -1,6 +1,7 @@
 """The checkpoint of one shard, and the one Redis script that writes it with its candles.
 
-`<p>:{k}:state` is a hash of two fields:
+`<p>:{k}:state` is a hash of two fields (and a third for a few ms after a waiter deadline:
+`unstored`, the first of the candles whose store is left for later, common/history.py):
 - `head`: the last trade stream id whose candles are written (and the stream time then). Every
   step's candles and its head go to Redis in one Lua script, fenced by the shard lease.
 - `checkpoint`: the core state covering the stream up to its own `last_id`. It is megabytes for a
@@ -26,7 +27,7 @@ import msgspec
 
 from aggregate.candles import CoreConfig
 from aggregate.state import CoreState
-from common.history import STORE_LUA
+from common.history import LINES_LUA, STORE_LUA, UNSTORED
 from common.intervals import canonical_label
 from common.leases import FENCE_LUA
 
@@ -79,41 +80,30 @@ def same_rules(saved: str, current: str) -> bool:
     return canonical + bar + rest == current
 
 
-LINES_LUA = """
--- The non-empty lines of a newline-joined argument, by plain finds: a pattern (gmatch '[^\\n]+')
--- tests every byte against its class, about 1.3 µs of Redis time per candle, an eighth of a
--- boundary's write script.
-local function lines(text)
-  local from, size = 1, #text
-  return function()
-    while from <= size do
-      local stop = string.find(text, '\\n', from, true) or size + 1
-      local line = string.sub(text, from, stop - 1)
-      from = stop + 1
-      if line ~= '' then
-        return line
-      end
-    end
-  end
-end
-"""
-
 WRITE_LUA = (
     FENCE_LUA
     + STORE_LUA
     + LINES_LUA
     + """
--- KEYS: lease, klines, updates, state, then each closed candle's history key (in order).
+-- KEYS: lease, klines, updates, state, then each closed candle's history key (in order; none
+-- when the store is left for later).
 -- ARGV: token, klines maxlen, updates maxlen, head, checkpoint ('' = keep the one there), the
 -- closed candles' JSON joined by newlines, the in-progress snapshots' JSON joined by newlines
 -- (candle JSON never holds a raw newline; one argument for all instead of one per candle is far
--- cheaper to send), history depth.
+-- cheaper to send), history depth, '1' to store the closed candles or '0' to leave them to
+-- STORE_AFTER_LUA (common/history.py: the state's `unstored` mark then names the first).
 local n = 0
 local depth = tonumber(ARGV[8])
+local store = ARGV[9] ~= '0'
+local first = false
 for candle in lines(ARGV[6]) do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'data', candle)
+  local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'data', candle)
   n = n + 1
-  store_candle(KEYS[4 + n], candle, depth)
+  if store then
+    store_candle(KEYS[4 + n], candle, depth)
+  elseif not first then
+    first = id
+  end
 end
 for candle in lines(ARGV[7]) do
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'data', candle)
@@ -125,6 +115,11 @@ if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[4], 'head', ARGV[4], 'checkpoint', ARGV[5])
 else
   redis.call('HSET', KEYS[4], 'head', ARGV[4])
+end
+if first then
+  redis.call('HSETNX', KEYS[4], '"""
+    + UNSTORED
+    + """', first)
 end
 return n
 """

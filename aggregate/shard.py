@@ -4,7 +4,9 @@ Reads with plain XREAD (one owner per shard, no consumer group) and takes redis-
 XREAD reshaping costs more than the read: measured 1.03 M entries/s with it, 1.72 M without, on
 redis-py 8). A step's candles and the checkpoint covering them go out in one fenced Lua script
 (aggregate.checkpoint), so a kill -9 at any moment loses nothing and repeats nothing; a process that
-lost the lease is refused there and stops the shard.
+lost the lease is refused there and stops the shard. (A waiter deadline's candles are stored in
+the history store by a second script a few ms after their write, `_write_ahead`; the state's
+`unstored` mark says which until then, and a resume stores them first.)
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 
 import msgspec
@@ -28,12 +30,13 @@ from aggregate.output import CandleWriter
 from aggregate.state import CoreCandle
 from common.backoff import backoff
 from common.errors import LeaseLostError
+from common.history import STORE_AFTER_LUA, UNSTORED
 from common.keys import Keys
 from common.lifecycle import sleep_or_stop
 from common.logs import RateLimitedLog
 from common.metrics import REGISTRY
 from common.rediserrors import ReplyCode, reply_code
-from common.wire import ClockEntry, TradesEntry, entry_decoder
+from common.wire import ClockEntry, TradesEntry, candle_view_decoder, entry_decoder
 
 log = logging.getLogger(__name__)
 rate_limited = RateLimitedLog(log)
@@ -169,6 +172,7 @@ class ShardAggregator:
         self._history_keys: dict[tuple[str, int], str] = {}
         self._writer = CandleWriter(config.intervals, category)
         self._write = redis.register_script(checkpoint.WRITE_LUA)
+        self._store_after = redis.register_script(STORE_AFTER_LUA)
         self._fingerprint = checkpoint.fingerprint(config)
         self.core = CandleCore(config)
         self._feeder = EntryFeeder(self.core)
@@ -194,9 +198,13 @@ class ShardAggregator:
         if await self.redis.type(key) in (b"string", "string"):
             # A checkpoint of version 1 (one JSON string): its id only; the first write
             # replaces the key (aggregate.checkpoint.WRITE_LUA).
-            raw_head, raw = await self.redis.get(key), None
+            raw_head, raw, unstored = await self.redis.get(key), None, None
         else:
-            raw_head, raw = await self.redis.hmget(key, [checkpoint.HEAD, checkpoint.CHECKPOINT])
+            raw_head, raw, unstored = await self.redis.hmget(
+                key, [checkpoint.HEAD, checkpoint.CHECKPOINT, UNSTORED]
+            )
+        if unstored is not None:
+            await self._store_unstored(unstored)
         if raw_head is None:
             log.info("shard %d: no checkpoint, cold start from the stream's beginning", self.shard)
             return
@@ -233,6 +241,23 @@ class ShardAggregator:
         self._checkpoint_id = saved.last_id
         self._migrate(saved.shards)
         log.info("shard %d: resumed after %s", self.shard, head.last_id)
+
+    async def _store_unstored(self, first_id: bytes | str) -> None:
+        """Store the candles a deadline wrote to the stream and left to store after it
+        (`_write_ahead`), when the process stopped before it could: every candle of the candle
+        stream from `first_id` on (nothing of this shard is written after them before they are
+        stored)."""
+        start = first_id.decode() if isinstance(first_id, bytes) else first_id
+        rows: Any = await self.redis.xrange(self.keys.klines(self.shard), min=start)
+        raws = [fields[b"data"] for _, fields in rows if fields and b"data" in fields]
+        keys = [self._script_keys[0], self._script_keys[3]]
+        for raw in raws:
+            view = candle_view_decoder.decode(raw)
+            keys.append(self.keys.history(self.shard, view.interval_label, view.symbol))
+        await self._fenced(
+            self._store_after(keys=keys, args=[self.token, b"\n".join(raws), self._history_depth])
+        )
+        log.info("shard %d: stored %d candles written before a stop", self.shard, len(raws))
 
     async def _check_trimmed(self, position: str, position_ms: int) -> None:
         if await resume.flag_trimmed(
@@ -371,22 +396,26 @@ class ShardAggregator:
         now_ms = max(self.core.state.now_ms, clock.time_ms)
         self._record_step(now_ms)
         pending, self._pending = self._pending, []
-        return self._build(pending + candles, [], now_ms, b""), candles
+        return self._build(pending + candles, [], now_ms, b"", store=False), candles
 
     async def _write_ahead(
         self, ahead: _Write, expected: list[CoreCandle], entries: Sequence[Any]
     ) -> None:
-        """Write a deadline's candles, then, CLOSE_AFTER_S later, let the core close them (its
-        bookkeeping: records, folds, the next deadlines): meanwhile the process's other shards
-        read their clock entries and send their writes, and publish gets the CPU, instead of
-        both waiting behind this close. The close must emit exactly what was written; if it
-        ever did not, the candles it emitted are written next (those before the deadline's,
-        written ahead with them, are not written again), and it is logged and counted
-        (aggregate_ahead_mismatch_total) as the bug it is."""
+        """Write a deadline's candles to the stream, then, CLOSE_AFTER_S later, let the core close
+        them (its bookkeeping: records, folds, the next deadlines) and store them in the history
+        store (`_store`): meanwhile the process's other shards read their clock entries and send
+        their writes, publish gets the CPU and Redis serves the candles to their readers,
+        instead of all waiting behind this close and this store (the store was half of the
+        write's Redis time; common/history.py says how readers bridge the few ms). The close
+        must emit exactly what was written; if it ever did not, the candles it emitted are
+        written next (those before the deadline's, written ahead with them, are not written
+        again), and it is logged and counted (aggregate_ahead_mismatch_total) as the bug it
+        is."""
         await self._send(ahead)
         if time.time() * 1000 - ahead.now_ms < LIVE_MS:
             await asyncio.sleep(CLOSE_AFTER_S)
         self.process(entries)
+        await self._store(ahead)
         if self._pending == expected:
             self._pending = []
         else:
@@ -473,8 +502,16 @@ class ShardAggregator:
         return self._build(closed, snapshots, now_ms, saved)
 
     def _build(
-        self, closed: list[CoreCandle], snapshots: list[CoreCandle], now_ms: int, saved: bytes
+        self,
+        closed: list[CoreCandle],
+        snapshots: list[CoreCandle],
+        now_ms: int,
+        saved: bytes,
+        *,
+        store: bool = True,
     ) -> _Write:
+        """The write's script arguments; with `store` False the closed candles go to the stream
+        only and `_store` stores them after (common/history.py)."""
         encode = self._writer.encode
         args: list[Any] = [
             self.token,
@@ -485,14 +522,22 @@ class ShardAggregator:
             b"\n".join(map(encode, closed)),
             b"\n".join(map(encode, snapshots)),
             self._history_depth,
+            b"1" if store else b"0",
         ]
-        keys = self._store_keys(closed)
+        keys = self._script_keys + self._history_keys_of(closed) if store else self._script_keys
         return _Write(args, keys, closed, self.last_id, now_ms, bool(saved))
 
-    def _store_keys(self, closed: list[CoreCandle]) -> list[str]:
-        """The script's keys: the fixed four, then each closed candle's history key."""
+    async def _store(self, w: _Write) -> None:
+        """Store the closed candles of a write that left them to later (STORE_AFTER_LUA)."""
+        if w.closed:
+            keys = [self._script_keys[0], self._script_keys[3], *self._history_keys_of(w.closed)]
+            args = [self.token, w.args[5], self._history_depth]
+            await self._fenced(self._store_after(keys=keys, args=args))
+
+    def _history_keys_of(self, closed: list[CoreCandle]) -> list[str]:
+        """Each closed candle's history key, in order."""
         cached = self._history_keys
-        keys = self._script_keys.copy()
+        keys: list[str] = []
         for c in closed:
             key = cached.get((c.symbol, c.interval))
             if key is None:
@@ -502,13 +547,18 @@ class ShardAggregator:
             keys.append(key)
         return keys
 
-    async def _send(self, w: _Write) -> None:
+    async def _fenced(self, call: Awaitable[Any]) -> None:
+        """A fenced script's call; its refusal (another process holds the lease) raised as
+        LeaseLostError."""
         try:
-            await self._write(keys=w.keys, args=w.args)
+            await call
         except ResponseError as exc:
             if reply_code(exc) is ReplyCode.LEASELOST:
                 raise LeaseLostError(f"shard {self.shard}: lease lost, write refused") from None
             raise
+
+    async def _send(self, w: _Write) -> None:
+        await self._fenced(self._write(keys=w.keys, args=w.args))
         self._written_id = w.last_id
         self._last_write = time.monotonic()
         if w.checkpoint:

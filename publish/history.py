@@ -3,7 +3,9 @@ and, with an archive (the PostgreSQL table of the `postgres` consumer), the olde
 
 The store is written with the candle stream in one script, so whatever the candle stream holds
 up to its head is here too (up to STREAMER_HISTORY_CANDLES per series, or more until the next
-trim). Used by the HTTP routes (publish/routes.py) and the WebSocket resume.
+trim), but for a waiter deadline's candles in the few ms before they are stored (common/history.py:
+the HTTP routes answer without them until then; the WebSocket resume takes them from the stream).
+Used by the HTTP routes (publish/routes.py) and the WebSocket resume.
 
 Store and archive, one answer. The store holds a series' newest candles without a hole: its
 newest `depth` members (depth = STREAMER_HISTORY_CANDLES) are every candle from the oldest of

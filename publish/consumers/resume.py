@@ -6,7 +6,9 @@ revision).
 The seam. The history store is written in the same script as the candle stream
 (common/history.py), so a read of a series' store holds the latest revision of every candle the
 stream held at that moment, and the live feed (which reads the stream behind its head) may still
-bring some of them. So, per client:
+bring some of them. Except a waiter deadline's candles, stored a few ms after their write: the
+shard's `unstored` mark is read before the store, and the stream's candles from it up to the head
+(step 2) are taken into the history as if stored (`_with_unstored`). So, per client:
 
 1. From the subscribe on, the client's live candles are held back (`pending`) while its history
    is read: the live feed cannot overtake the history.
@@ -37,10 +39,12 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from common.history import UNSTORED
 from common.intervals import Interval
 from common.keys import Keys
 from common.redisconn import AnyRedis
 from common.sharding import shard_of
+from common.wire import STREAM_FIELD
 from publish.consumers.bybit import interval_key
 from publish.consumers.topics import SeriesKey, Topic
 from publish.history import HistoryReader
@@ -200,6 +204,8 @@ class HistoryLoader:
         out: list[bytes] = []
         read: list[tuple[SeriesKey, int, list[bytes]]] = []
         limit = self.limit(len(series), last)
+        # Before the store: a deadline's candles not stored yet are in the stream from the mark.
+        marks = await self._unstored_marks(sorted({shard_of(s, self._shards) for s, _ in series}))
         incomplete = full = 0
         for at in range(0, len(series), READS_IN_FLIGHT):
             chunk = series[at : at + READS_IN_FLIGHT]
@@ -218,15 +224,66 @@ class HistoryLoader:
         heads: dict[int, EntryId] = {}
         for shard in sorted({shard for _, shard, _ in read}):
             heads[shard] = await self._head(shard)  # after every store read of this shard
-        for key, shard, raws in read:
+        unstored = await self._unstored(marks, heads)
+        for key, shard, stored in read:
+            raws = stored
+            if key in unstored:
+                raws = _with_unstored(stored, unstored[key], since, limit)
             seam.add(key, shard, heads[shard], raws)
             out.extend(raws)
         capped = limit if full and (last is None or limit < last) else None
         return Loaded(out, seam, incomplete, capped)
 
+    async def _unstored_marks(self, shards: list[int]) -> dict[int, bytes]:
+        """Per shard, the candle stream id from which candles are not stored yet, if any."""
+        marks: dict[int, bytes] = {}
+        for shard in shards:
+            mark: Any = await self._redis.hget(self._keys.state(shard), UNSTORED)
+            if mark is not None:
+                marks[shard] = mark
+        return marks
+
+    async def _unstored(
+        self, marks: dict[int, bytes], heads: dict[int, EntryId]
+    ) -> dict[SeriesKey, list[bytes]]:
+        """The candles of the streams from each mark to the head read, by series."""
+        out: dict[SeriesKey, list[bytes]] = {}
+        for shard, mark in marks.items():
+            head = heads.get(shard)
+            if head is None:
+                continue
+            rows: Any = await self._redis.xrange(
+                self._keys.klines(shard), min=mark, max=f"{head[0]}-{head[1]}"
+            )
+            for _, fields in rows:
+                raw = fields.get(STREAM_FIELD) if fields else None
+                if raw is not None:
+                    out.setdefault(_revisioned.decode(raw).key, []).append(raw)
+        return out
+
     async def _head(self, shard: int) -> EntryId:
         last: Any = await self._redis.xrevrange(self._keys.klines(shard), count=1)
         return entry_id(last[0][0]) if last else (0, 0)
+
+
+def _with_unstored(
+    raws: list[bytes], unstored: list[bytes], since: int | None, limit: int
+) -> list[bytes]:
+    """A series' history (oldest first) with the candles of the stream that were not stored yet
+    when it was read: each open time's highest rank (the stream's on a tie), at or after
+    `since`, the newest `limit`."""
+    by_time: dict[int, tuple[int, bytes]] = {}
+    for raw in raws:
+        fields = _revisioned.decode(raw)
+        by_time[fields.timestamp] = (fields.rank, raw)
+    for raw in unstored:
+        fields = _revisioned.decode(raw)
+        held = by_time.get(fields.timestamp)
+        if since is not None and fields.timestamp < since:
+            continue
+        if held is None or held[0] <= fields.rank:
+            by_time[fields.timestamp] = (fields.rank, raw)
+    return [raw for _, (_, raw) in sorted(by_time.items())][-limit:]
 
 
 class Loaded(NamedTuple):

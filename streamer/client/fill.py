@@ -18,7 +18,10 @@ such a candle, lost in the reader's hole and ended more than the lookback before
 given again.)
 
 The seam with the stream. The stream's head is read before the store (`first_head`): every
-entry up to it is in the store as read, so the reader goes on after it. Entries written while
+entry up to it is in the store as read, so the reader goes on after it. But for a waiter
+deadline's candles, which are stored a few ms after their write: when the shard's `unstored` mark
+(common/history.py), read right after that head, names an entry at or before it, `first_head` is
+the entry before the mark, and the reader takes those candles from the stream. Entries written while
 the store was read (up to `last_head`, read after it) may be in the fill already: the reader
 drops those whose candle the fill gave at the same or a higher rank (exactly as the WebSocket
 resume does, publish/consumers/resume.py).
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import ConfigError
-from common.history import SeriesHead, member_rank
+from common.history import UNSTORED, SeriesHead, member_rank
 from common.intervals import Interval
 from common.keys import Keys
 from common.redisconn import AnyRedis
@@ -67,7 +70,7 @@ async def read_fill(
 ) -> Fill:
     """Every stored candle of the shard's series that ended after `since_end_ms` (None: all),
     between two reads of the stream's head."""
-    fill = Fill(first_head=await head(redis, stream))
+    fill = Fill(first_head=await _head_stored(redis, keys.state(shard), stream))
     found = [_name(raw) async for raw in redis.scan_iter(match=keys.history_shard_pattern(shard))]
     series = [s for s in (_series(key) for key in found) if s is not None]
     fill.series = len(series)
@@ -92,6 +95,19 @@ async def head(redis: AnyRedis, stream: str) -> bytes:
     """The id of the stream's last entry (0-0 when it is empty or missing)."""
     last: Any = await redis.xrevrange(stream, count=1)
     return bytes(last[0][0]) if last else b"0-0"
+
+
+async def _head_stored(redis: AnyRedis, state: str, stream: str) -> bytes:
+    """The stream's last entry whose candle (and every one before it) is in the store: its head,
+    or the entry before the `unstored` mark read after it."""
+    first = await head(redis, stream)
+    mark: Any = await redis.hget(state, UNSTORED)
+    if mark is None:
+        return first
+    ms, _, seq = bytes(mark).partition(b"-")
+    before = (int(ms), int(seq) - 1) if int(seq) else (int(ms) - 1, 2**64 - 1)
+    at_head = tuple(int(part) for part in first.split(b"-"))
+    return first if at_head < before else b"%d-%d" % before
 
 
 def _name(raw: bytes | str) -> str:

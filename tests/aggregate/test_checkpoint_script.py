@@ -1,11 +1,11 @@
-"""The write script's line splitting (aggregate.checkpoint.LINES_LUA), in a real redis-server."""
+"""The write scripts' line splitting (common.history.LINES_LUA), in a real redis-server."""
 
 from __future__ import annotations
 
 import pytest
 import redis
 
-from aggregate.checkpoint import LINES_LUA
+from common.history import LINES_LUA
 
 pytestmark = pytest.mark.redis
 

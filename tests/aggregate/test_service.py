@@ -488,6 +488,96 @@ def test_a_deadline_write_goes_out_before_the_core_closes_its_candles(redis_url:
     asyncio.run(scenario())
 
 
+async def _at_a_deadline(worker: ShardAggregator, client: aioredis.Redis) -> int:
+    """AAA and BBB past their first (partial) candles, up to just before the waiter deadline
+    that closes their 1s candles [-1 s, 0) of `second` (returned): the deadline's clock entry
+    is written, not read yet."""
+    second = START_MS - START_MS % 1000
+    entries = [
+        TradesEntry("AAA", [Trade(second - 2500, "10.5", "1", Side.BUY, "a1")]),
+        TradesEntry("BBB", [Trade(second - 2400, "20", "1", Side.BUY, "b1")]),
+        TradesEntry("AAA", [Trade(second - 400, "10.7", "3", Side.BUY, "a3")]),
+        ClockEntry(second + 40),
+    ]
+    await _step_through(worker, client, entries)
+    deadline = ClockEntry(second + 80)
+    await client.xadd(worker.keys.trades(0), {STREAM_FIELD: entry_encoder.encode(deadline)})
+    return second
+
+
+def _deadline_candles(store: dict[Any, bytes], second: int) -> list[bytes]:
+    return [
+        raw for (_, label, ts), raw in sorted(store.items()) if (label, ts) == ("1s", second - 1000)
+    ]
+
+
+def test_a_deadline_stores_its_candles_after_writing_them(redis_url: str) -> None:
+    """A waiter deadline's candles go to the candle stream alone (Redis serves them to their
+    readers without the store's work), with the state's `unstored` mark naming the first; the
+    store gets them after the close, and the mark goes."""
+
+    async def scenario() -> None:
+        client = raw_client(redis_url)
+        probe = redis.Redis.from_url(redis_url)
+        keys = Keys("later")
+        intervals = parse_intervals("1s,1m")
+        worker = await owned_worker(client, keys, 1000)
+        second = await _at_a_deadline(worker, client)
+        before = probe.xlen(keys.klines(0))
+        at_close: list[tuple[int, int, bytes | None]] = []
+        clock = worker.core.clock
+
+        def probed_clock(time_ms: int) -> None:
+            deadline = _deadline_candles(stored(probe, keys, intervals), second)
+            mark: Any = probe.hget(keys.state(0), "unstored")
+            at_close.append((probe.xlen(keys.klines(0)) - before, len(deadline), mark))
+            clock(time_ms)
+
+        worker.core.clock = probed_clock  # type: ignore[method-assign]
+        assert await worker.step(block_ms=None, overlap=True) == 1
+        first = replies.entries(probe.xrange(keys.klines(0)))[before][0]
+        assert at_close == [(2, 0, first)]  # in the stream, not stored, marked
+        written = [f[STREAM_FIELD] for _, f in replies.entries(probe.xrange(keys.klines(0)))]
+        assert len(_deadline_candles(stored(probe, keys, intervals), second)) == 2
+        assert stored(probe, keys, intervals) == latest_revisions(written)
+        assert probe.hget(keys.state(0), "unstored") is None
+        probe.close()
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_resume_stores_the_candles_a_deadline_left_unstored(redis_url: str) -> None:
+    """A process that stops between a deadline's write and its store (kill -9 there) leaves the
+    mark; the next one to load the shard stores those candles first, once."""
+
+    async def scenario() -> None:
+        client = raw_client(redis_url)
+        probe = redis.Redis.from_url(redis_url)
+        keys = Keys("stopped")
+        intervals = parse_intervals("1s,1m")
+        worker = await owned_worker(client, keys, 1000)
+        second = await _at_a_deadline(worker, client)
+
+        async def killed_first(_write: Any) -> None:
+            return None
+
+        worker._store = killed_first  # type: ignore[method-assign,assignment]
+        assert await worker.step(block_ms=None, overlap=True) == 1
+        assert probe.hget(keys.state(0), "unstored") is not None
+        assert _deadline_candles(stored(probe, keys, intervals), second) == []
+        written = [f[STREAM_FIELD] for _, f in replies.entries(probe.xrange(keys.klines(0)))]
+        await owned_worker(client, keys, 1000)  # the next process
+        assert stored(probe, keys, intervals) == latest_revisions(written)
+        assert len(_deadline_candles(stored(probe, keys, intervals), second)) == 2
+        assert probe.hget(keys.state(0), "unstored") is None
+        assert probe.xlen(keys.klines(0)) == len(written)  # nothing written twice
+        probe.close()
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_a_deadline_read_with_trades_before_it_writes_both_before_the_close(
     redis_url: str,
 ) -> None:

@@ -44,6 +44,11 @@ store_candle(KEYS[2], ARGV[1], tonumber(ARGV[2]))
 return id
 """
 )
+_WRITE_UNSTORED = """
+local id = redis.call('XADD', KEYS[1], '*', 'data', ARGV[1])
+redis.call('HSETNX', KEYS[2], 'unstored', id)
+return id
+"""
 
 
 def c(symbol: str, n: int, close: str = "1.5", revision: int = 0, closed: bool = True) -> bytes:
@@ -67,6 +72,17 @@ class Store:
             keys = [KEYS.klines(shard), KEYS.history(shard, "1m", symbol)]
             entry = self._script(keys=keys, args=[raw, 1000])
             self.ids[raw] = (shard, entry)
+
+    def write_unstored(self, *raws: bytes) -> None:
+        """As a waiter deadline's write: to the stream only, its first id marked in the shard's
+        state (aggregate.checkpoint.WRITE_LUA with the store left for later)."""
+        script = self.client.register_script(_WRITE_UNSTORED)
+        for raw in raws:
+            shard = shard_of(msgspec.json.decode(raw)["symbol"], SHARDS)
+            self.ids[raw] = (
+                shard,
+                script(keys=[KEYS.klines(shard), KEYS.state(shard)], args=[raw]),
+            )
 
     def batch(self, *raws: bytes) -> CandleBatch:
         """The live feed's batch of these candles (as the reader builds it)."""
@@ -147,6 +163,25 @@ async def test_since_sends_stored_history_then_live_without_repeats(
     await server.consume_batch(store.batch(*history[3:], revised, c("ETHUSDT", 5), new, later))
     assert await recv(conn) == decoded(new, later)
     assert next(iter(server._clients)).resume is None  # the seam is closed
+    await nothing_more(conn)
+    await conn.close()
+
+
+async def test_since_takes_a_deadlines_candles_not_stored_yet_from_the_stream(
+    server: WebSocketConsumer, store: Store
+) -> None:
+    """A waiter deadline's candles are in the stream a few ms before the store has them (the
+    `unstored` mark); the live feed handed them out before the subscribe: the history must
+    still hold them, a revision in its place."""
+    history = [c("BTCUSDT", n) for n in range(5)]
+    store.write(*history)
+    revised, new = c("BTCUSDT", 2, "9.9", revision=1), c("BTCUSDT", 5)
+    store.write_unstored(revised, new, c("ETHUSDT", 5))
+    await server.consume_batch(store.batch(*history, revised, new, c("ETHUSDT", 5)))
+    conn = await client(server)
+    await send(conn, {"op": "subscribe", "args": ["1m.BTCUSDT"], "since": T0 + 60_000})
+    assert (await recv(conn))["ret_msg"] == "subscribed; 5 candles of 1 series first"
+    assert await recv(conn) == decoded(history[1], revised, history[3], history[4], new)
     await nothing_more(conn)
     await conn.close()
 

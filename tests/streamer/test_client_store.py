@@ -41,6 +41,11 @@ store_candle(KEYS[2], ARGV[1], 1000)
 return id
 """
 )
+_WRITE_UNSTORED = """
+local id = redis.call('XADD', KEYS[1], '*', 'data', ARGV[1])
+redis.call('HSETNX', KEYS[2], 'unstored', id)
+return id
+"""
 
 
 def candle(symbol: str, n: int, revision: int = 0, *, own: bool = True) -> bytes:
@@ -86,6 +91,14 @@ class Pipeline:
             symbol = msgspec.json.decode(raw)["symbol"]
             shard = shard_of(symbol, SHARDS)
             self._write(keys=[KEYS.klines(shard), KEYS.history(shard, "1m", symbol)], args=[raw])
+
+    def write_unstored(self, *raws: bytes) -> None:
+        """As a waiter deadline's write: to the stream only, its first id marked in the shard's
+        state (aggregate.checkpoint.WRITE_LUA with the store left for later)."""
+        script = self.client.register_script(_WRITE_UNSTORED)
+        for raw in raws:
+            shard = shard_of(msgspec.json.decode(raw)["symbol"], SHARDS)
+            script(keys=[KEYS.klines(shard), KEYS.state(shard)], args=[raw])
 
     def backfill(self, *raws: bytes) -> None:
         for raw in raws:
@@ -161,6 +174,27 @@ def test_a_trim_past_the_position_is_filled_from_the_store(either: tuple[str, bo
     pipe.write(candle(A, 19, 1), candle(A, 20))
     got, reader = read(url, cluster, None)
     assert seen(got) == [(A, 19, 1, True), (A, 20, 0, False)] and reader.fills == []
+
+
+def test_a_fill_takes_a_deadlines_candles_not_stored_yet_from_the_stream(
+    either: tuple[str, bool],
+) -> None:
+    """The newest candles of a deadline are in the stream, not yet in the store (the
+    `unstored` mark): the fill's stream part starts at the mark, so none is lost."""
+    url, cluster = either
+    pipe = Pipeline(url, cluster)
+    pipe.write(*(candle(A, n) for n in range(10)))
+    got, _ = read(url, cluster, None, start="earliest")
+    assert len(got) == 10
+    pipe.write(*(candle(A, n) for n in range(10, 15)))
+    pipe.write_unstored(candle(A, 15), candle(A, 16))
+    pipe.trim(A, 3)
+    got, reader = read(url, cluster, None, lookback_s=90)
+    # The store: n=8 and 9 again (the lookback), 10 to 14; the stream from the mark: 15, 16.
+    assert seen(got) == [(A, 8, 0, True), (A, 9, 0, True)] + [
+        (A, n, 0, False) for n in range(10, 17)
+    ]
+    assert [(f.shard, f.candles) for f in reader.fills] == [(shard_of(A, SHARDS), 7)]
 
 
 def test_a_fill_keeps_the_pipelines_candle_over_a_backfilled_one(
