@@ -28,9 +28,10 @@ from aggregate.checkpoint import Checkpoint
 from aggregate.feed import EntryFeeder, good_trades
 from aggregate.output import CandleWriter
 from aggregate.state import CoreCandle
+from common import history
 from common.backoff import backoff
 from common.errors import LeaseLostError
-from common.history import STORE_AFTER_LUA, UNSTORED
+from common.history import UNSTORED
 from common.keys import Keys
 from common.lifecycle import sleep_or_stop
 from common.logs import RateLimitedLog
@@ -172,7 +173,7 @@ class ShardAggregator:
         self._history_keys: dict[tuple[str, int], str] = {}
         self._writer = CandleWriter(config.intervals, category)
         self._write = redis.register_script(checkpoint.WRITE_LUA)
-        self._store_after = redis.register_script(STORE_AFTER_LUA)
+        self._store_after = redis.register_script(history.STORE_AFTER_LUA)
         self._fingerprint = checkpoint.fingerprint(config)
         self.core = CandleCore(config)
         self._feeder = EntryFeeder(self.core)

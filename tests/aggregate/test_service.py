@@ -488,10 +488,10 @@ def test_a_deadline_write_goes_out_before_the_core_closes_its_candles(redis_url:
     asyncio.run(scenario())
 
 
-async def _at_a_deadline(worker: ShardAggregator, client: aioredis.Redis) -> int:
-    """AAA and BBB past their first (partial) candles, up to just before the waiter deadline
-    that closes their 1s candles [-1 s, 0) of `second` (returned): the deadline's clock entry
-    is written, not read yet."""
+async def _past_a_boundary(worker: ShardAggregator, client: aioredis.Redis) -> int:
+    """AAA and BBB past their first (partial) candles, each step read, up to 40 ms past the
+    boundary `second` (returned): their 1s candles [-1 s, 0) are previewed, their waiter
+    deadline is `second` + 80."""
     second = START_MS - START_MS % 1000
     entries = [
         TradesEntry("AAA", [Trade(second - 2500, "10.5", "1", Side.BUY, "a1")]),
@@ -500,6 +500,12 @@ async def _at_a_deadline(worker: ShardAggregator, client: aioredis.Redis) -> int
         ClockEntry(second + 40),
     ]
     await _step_through(worker, client, entries)
+    return second
+
+
+async def _at_a_deadline(worker: ShardAggregator, client: aioredis.Redis) -> int:
+    """As `_past_a_boundary`, and the deadline's clock entry written (not read yet)."""
+    second = await _past_a_boundary(worker, client)
     deadline = ClockEntry(second + 80)
     await client.xadd(worker.keys.trades(0), {STREAM_FIELD: entry_encoder.encode(deadline)})
     return second
@@ -591,14 +597,7 @@ def test_a_deadline_read_with_trades_before_it_writes_both_before_the_close(
         probe = redis.Redis.from_url(redis_url)
         keys = Keys("ahead2")
         worker = await owned_worker(client, keys, 1000)
-        second = START_MS - START_MS % 1000
-        entries = [
-            TradesEntry("AAA", [Trade(second - 2500, "10.5", "1", Side.BUY, "a1")]),
-            TradesEntry("BBB", [Trade(second - 2400, "20", "1", Side.BUY, "b1")]),
-            TradesEntry("AAA", [Trade(second - 400, "10.7", "3", Side.BUY, "a3")]),
-            ClockEntry(second + 40),
-        ]
-        await _step_through(worker, client, entries)
+        second = await _past_a_boundary(worker, client)
         before = probe.xlen(keys.klines(0))
         in_stream_at_close = _klines_at_close(worker, probe)
         together = [
