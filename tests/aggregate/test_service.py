@@ -511,6 +511,15 @@ async def _at_a_deadline(worker: ShardAggregator, client: aioredis.Redis) -> int
     return second
 
 
+async def _a_deadline_to_read(
+    redis_url: str, keys: Keys
+) -> tuple[aioredis.Redis, redis.Redis, ShardAggregator, int]:
+    """A raw client, a probe, shard 0's aggregator (1s,1m) `_at_a_deadline`, and its second."""
+    client = raw_client(redis_url)
+    worker = await owned_worker(client, keys, 1000)
+    return client, redis.Redis.from_url(redis_url), worker, await _at_a_deadline(worker, client)
+
+
 def _deadline_candles(store: dict[Any, bytes], second: int) -> list[bytes]:
     return [
         raw for (_, label, ts), raw in sorted(store.items()) if (label, ts) == ("1s", second - 1000)
@@ -523,12 +532,8 @@ def test_a_deadline_stores_its_candles_after_writing_them(redis_url: str) -> Non
     store gets them after the close, and the mark goes."""
 
     async def scenario() -> None:
-        client = raw_client(redis_url)
-        probe = redis.Redis.from_url(redis_url)
-        keys = Keys("later")
-        intervals = parse_intervals("1s,1m")
-        worker = await owned_worker(client, keys, 1000)
-        second = await _at_a_deadline(worker, client)
+        client, probe, worker, second = await _a_deadline_to_read(redis_url, Keys("later"))
+        keys, intervals = worker.keys, parse_intervals("1s,1m")
         before = probe.xlen(keys.klines(0))
         at_close: list[tuple[int, int, bytes | None]] = []
         clock = worker.core.clock
@@ -558,12 +563,8 @@ def test_a_resume_stores_the_candles_a_deadline_left_unstored(redis_url: str) ->
     mark; the next one to load the shard stores those candles first, once."""
 
     async def scenario() -> None:
-        client = raw_client(redis_url)
-        probe = redis.Redis.from_url(redis_url)
-        keys = Keys("stopped")
-        intervals = parse_intervals("1s,1m")
-        worker = await owned_worker(client, keys, 1000)
-        second = await _at_a_deadline(worker, client)
+        client, probe, worker, second = await _a_deadline_to_read(redis_url, Keys("stopped"))
+        keys, intervals = worker.keys, parse_intervals("1s,1m")
 
         async def killed_first(_write: Any) -> None:
             return None
