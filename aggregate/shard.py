@@ -248,9 +248,7 @@ class ShardAggregator:
         (`_write_ahead`), when the process stopped before it could: every candle of the candle
         stream from `first_id` on (nothing of this shard is written after them before they are
         stored)."""
-        start = first_id.decode() if isinstance(first_id, bytes) else first_id
-        rows: Any = await self.redis.xrange(self.keys.klines(self.shard), min=start)
-        raws = [fields[b"data"] for _, fields in rows if fields and b"data" in fields]
+        raws = await history.unstored_candles(self.redis, self.keys.klines(self.shard), first_id)
         keys = [self._script_keys[0], self._script_keys[3]]
         for raw in raws:
             view = candle_view_decoder.decode(raw)

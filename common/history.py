@@ -32,10 +32,14 @@ members from every series of an interval at the same boundary: a burst inside it
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from common.intervals import Interval
 from common.leases import FENCE_LUA
+from common.redisconn import AnyRedis
+from common.wire import STREAM_FIELD
 
 STORE_LUA = """
 -- The history store (common/history.py). Plain finds only: a pattern match scans every position.
@@ -96,6 +100,15 @@ redis.call('HDEL', KEYS[2], '"""
 return n
 """
 )
+
+
+async def unstored_candles(
+    redis: AnyRedis, stream: str, mark: bytes | str, until: str = "+"
+) -> list[bytes]:
+    """The candles of a candle stream from its shard's `unstored` mark on (up to `until`): those
+    written to the stream and not yet stored."""
+    rows: Any = await redis.xrange(stream, min=mark, max=until)
+    return [data for _, fields in rows if fields and (data := fields.get(STREAM_FIELD)) is not None]
 
 
 BACKFILLED = b'"trade_count":null'

@@ -39,12 +39,11 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from common.history import UNSTORED
+from common.history import UNSTORED, unstored_candles
 from common.intervals import Interval
 from common.keys import Keys
 from common.redisconn import AnyRedis
 from common.sharding import shard_of
-from common.wire import STREAM_FIELD
 from publish.consumers.bybit import interval_key
 from publish.consumers.topics import SeriesKey, Topic
 from publish.history import HistoryReader
@@ -252,13 +251,9 @@ class HistoryLoader:
             head = heads.get(shard)
             if head is None:
                 continue
-            rows: Any = await self._redis.xrange(
-                self._keys.klines(shard), min=mark, max=f"{head[0]}-{head[1]}"
-            )
-            for _, fields in rows:
-                raw = fields.get(STREAM_FIELD) if fields else None
-                if raw is not None:
-                    out.setdefault(_revisioned.decode(raw).key, []).append(raw)
+            stream, until = self._keys.klines(shard), f"{head[0]}-{head[1]}"
+            for raw in await unstored_candles(self._redis, stream, mark, until):
+                out.setdefault(_revisioned.decode(raw).key, []).append(raw)
         return out
 
     async def _head(self, shard: int) -> EntryId:
