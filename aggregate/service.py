@@ -8,9 +8,11 @@ from collections import Counter
 
 import redis.asyncio as aioredis
 
+from aggregate import checkpoint
 from aggregate.candles import CoreConfig
 from aggregate.shard import OnWritten, ShardAggregator
 from aggregate.state import CoreCandle
+from aggregate.together import DeadlineWrites
 from common.intervals import Interval
 from common.keys import Keys
 from common.leases import ShardClaimer, new_token
@@ -73,6 +75,11 @@ class AggregateShards:
         self._tasks = tasks
         self.token = token  # this process's lease token: the fence of every write it makes
         self._running: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        self._together = (
+            None  # a cluster's shards live on different nodes: each sends its own
+            if settings.redis_cluster
+            else DeadlineWrites(redis, redis.register_script(checkpoint.WRITE_LUA))
+        )
 
     async def start_shard(self, shard: int) -> None:
         settings = self._settings
@@ -89,6 +96,7 @@ class AggregateShards:
             settings.history_candles,
             shards=settings.shards,
             on_written=self._observe_delays,
+            together=self._together,
         )
         stop = asyncio.Event()
         task = self._tasks.spawn(worker.run(stop), name=f"aggregate-shard-{shard}")

@@ -28,6 +28,7 @@ from aggregate.checkpoint import Checkpoint
 from aggregate.feed import EntryFeeder, good_trades
 from aggregate.output import CandleWriter
 from aggregate.state import CoreCandle
+from aggregate.together import DeadlineWrites
 from common import history
 from common.backoff import backoff
 from common.errors import LeaseLostError
@@ -152,6 +153,7 @@ class ShardAggregator:
         *,
         shards: int = 0,
         on_written: OnWritten | None = None,
+        together: DeadlineWrites | None = None,
     ) -> None:
         self.redis = redis
         self.shards = shards  # STREAMER_SHARDS; 0: unknown (symbols are never migrated away)
@@ -187,6 +189,7 @@ class ShardAggregator:
         self._checkpoint_id = ""
         self._reported = (0, 0, 0, 0, 0, 0, 0, 0)
         self._on_written = on_written
+        self._together = together  # the deadline writes of the process's shards (together.py)
         self._rendered_for = -1  # the deadline whose candles were rendered ahead
 
     # ------------------------------------------------------------------ resume
@@ -409,8 +412,9 @@ class ShardAggregator:
         must emit exactly what was written; if it ever did not, the candles it emitted are
         written next (those before the deadline's, written ahead with them, are not written
         again), and it is logged and counted (aggregate_ahead_mismatch_total) as the bug it
-        is."""
-        await self._send(ahead)
+        is. The write goes with those of the process's other shards at this deadline
+        (aggregate.together)."""
+        await self._send(ahead, together=True)
         if time.time() * 1000 - ahead.now_ms < LIVE_MS:
             await asyncio.sleep(CLOSE_AFTER_S)
         self.process(entries)
@@ -556,8 +560,11 @@ class ShardAggregator:
                 raise LeaseLostError(f"shard {self.shard}: lease lost, write refused") from None
             raise
 
-    async def _send(self, w: _Write) -> None:
-        await self._fenced(self._write(keys=w.keys, args=w.args))
+    async def _send(self, w: _Write, *, together: bool = False) -> None:
+        if together and self._together is not None:
+            await self._fenced(self._together.call(w.keys, w.args))
+        else:
+            await self._fenced(self._write(keys=w.keys, args=w.args))
         self._written_id = w.last_id
         self._last_write = time.monotonic()
         if w.checkpoint:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import threading
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from aggregate import shard as shard_module
 from aggregate.service import core_config
 from aggregate.shard import ShardAggregator
 from aggregate.state import CoreCandle
+from aggregate.together import DeadlineWrites
 from common.errors import LeaseLostError
 from common.intervals import parse_intervals
 from common.keys import Keys
@@ -188,13 +192,17 @@ async def owned_worker(
     batch: int,
     klines_maxlen: int = 10**6,
     settings: AggregateSettings | None = None,
+    *,
+    shard: int = 0,
+    together: DeadlineWrites | None = None,
 ) -> ShardAggregator:
-    """Shard 0's aggregator (1s,1m unless `settings` say) holding its lease as "me", loaded."""
+    """A shard's aggregator (shard 0, 1s,1m unless told) holding its lease as "me", loaded."""
     settings = settings or AggregateSettings(kline_intervals="1s,1m")
     worker = ShardAggregator(
-        client, keys, 0, core_config(settings), "linear", "me", batch, klines_maxlen, 1000
-    )
-    await client.set(keys.lease("aggregate", 0), "me")
+        client, keys, shard, core_config(settings), "linear", "me", batch, klines_maxlen, 1000,
+        together=together,
+    )  # fmt: skip
+    await client.set(keys.lease("aggregate", shard), "me")
     await worker.load()
     return worker
 
@@ -417,9 +425,10 @@ def test_a_step_with_no_backlog_returns_with_its_candles_written(redis_url: str)
 async def _step_through(
     worker: ShardAggregator, client: aioredis.Redis, entries: list[Any]
 ) -> None:
-    """Each entry written to shard 0's trade stream, then one step that reads it."""
+    """Each entry written to the worker's trade stream, then one step that reads it."""
     for entry in entries:
-        await client.xadd(worker.keys.trades(0), {STREAM_FIELD: entry_encoder.encode(entry)})
+        stream = worker.keys.trades(worker.shard)
+        await client.xadd(stream, {STREAM_FIELD: entry_encoder.encode(entry)})
         assert await worker.step(block_ms=None, overlap=True) == 1
 
 
@@ -786,3 +795,138 @@ def test_a_caught_up_live_shard_reads_once_per_lazy_wait(redis_url: str) -> None
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+@contextlib.contextmanager
+def _monitored(redis_url: str) -> Iterator[list[tuple[str, str]]]:
+    """Every command Redis runs meanwhile, as (client address, command), from MONITOR."""
+    seen: list[tuple[str, str]] = []
+    marker = f"monitored-until-{random.getrandbits(64)}"
+    listening = threading.Event()
+
+    def listen() -> None:
+        with redis.Redis.from_url(redis_url).monitor() as monitor:  # type: ignore[no-untyped-call]
+            listening.set()
+            while marker not in (command := monitor.next_command())["command"]:
+                seen.append((f"{command['client_address']}:{command['client_port']}",
+                             command["command"]))  # fmt: skip
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    assert listening.wait(10)
+    yield seen
+    with redis.Redis.from_url(redis_url) as client:
+        client.echo(marker)
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+async def _two_shards_at_a_deadline(
+    redis_url: str, keys: Keys, before_it: Callable[[aioredis.Redis], Awaitable[Any]]
+) -> tuple[list[int | BaseException], list[str], int]:
+    """Shards 0 and 1 of one process (one `DeadlineWrites`) past a boundary and blocked in
+    their reads, `before_it` done, then the deadline's clock entry written to both at once, as
+    ingest does: what their steps gave, the connection each write script came from, in the
+    order Redis ran them, and the second. The event loop is held (synchronous calls) until
+    Redis has answered both reads, so that it finds both replies together, as the process
+    does when Redis sends them microseconds apart."""
+    client = raw_client(redis_url)
+    probe = redis.Redis.from_url(redis_url)
+    together = DeadlineWrites(client, client.register_script(checkpoint.WRITE_LUA))
+    workers = [await owned_worker(client, keys, 1000, shard=k, together=together) for k in (0, 1)]
+    seconds = [await _past_a_boundary(worker, client) for worker in workers]
+    await before_it(client)
+    sha = client.register_script(checkpoint.WRITE_LUA).sha
+
+    def blocked() -> int:
+        clients: dict[str, int] = probe.info("clients")
+        return clients["blocked_clients"]
+
+    with _monitored(redis_url) as seen:
+        steps = [asyncio.ensure_future(w.step(block_ms=10_000, overlap=True)) for w in workers]
+
+        async def both_blocked() -> bool:
+            return blocked() == 2
+
+        await async_wait_until(both_blocked, what="both shards blocked in their reads")
+        deadline = entry_encoder.encode(ClockEntry(seconds[0] + 80))
+        with probe.pipeline(transaction=True) as pipe:
+            for worker in workers:
+                pipe.xadd(keys.trades(worker.shard), {STREAM_FIELD: deadline})
+            pipe.execute()
+        wait_until(lambda: blocked() == 0, what="both reads answered")
+        outcomes = await asyncio.gather(*steps, return_exceptions=True)
+    probe.close()
+    await client.aclose()
+    return outcomes, [who for who, command in seen if sha in command], seconds[0]
+
+
+def _closed_at(client: redis.Redis, keys: Keys, shard: int) -> list[tuple[str, int, str, str]]:
+    """(symbol, open time, close, volume) of the closed candles in a shard's candle stream."""
+    views = [
+        candle_view_decoder.decode(fields[STREAM_FIELD])
+        for _, fields in replies.entries(client.xrange(keys.klines(shard)))
+    ]
+    return [(v.symbol, v.timestamp, str(v.close), str(v.volume)) for v in views if v.closed]
+
+
+def test_a_deadlines_writes_of_a_process_s_shards_go_to_redis_together(redis_url: str) -> None:
+    """The shards of one process whose reads of a deadline's clock entry come back together
+    send its writes in one pipeline on one connection (aggregate.together): Redis runs them
+    back to back, and each shard's candles are its own. From `_past_a_boundary`'s trades: AAA
+    closes at 10.7 with volume 3, BBB (no trade in the second) flat at 20."""
+
+    async def nothing(_client: aioredis.Redis) -> None:
+        return None
+
+    keys = Keys("together")
+    outcomes, writers, second = asyncio.run(_two_shards_at_a_deadline(redis_url, keys, nothing))
+    assert outcomes == [1, 1]
+    assert len(writers) == 2 and writers[0] == writers[1]  # one connection, one after the other
+    client = redis.Redis.from_url(redis_url)
+    for shard in (0, 1):
+        assert _closed_at(client, keys, shard)[-2:] == [
+            ("AAA", second - 1000, "10.7", "3"),
+            ("BBB", second - 1000, "20", "0"),
+        ]
+    client.close()
+
+
+def test_a_lost_lease_refuses_only_its_own_write_of_those_sent_together(redis_url: str) -> None:
+    """Shard 1's lease taken over before the deadline: its write, sent with shard 0's, is
+    refused and its worker learns it (LeaseLostError); shard 0's candles are written."""
+    keys = Keys("together-lease")
+
+    async def taken_over(client: aioredis.Redis) -> None:
+        await client.set(keys.lease("aggregate", 1), "somebody-else")
+
+    client = redis.Redis.from_url(redis_url)
+    outcomes, writers, second = asyncio.run(_two_shards_at_a_deadline(redis_url, keys, taken_over))
+    assert outcomes[0] == 1 and isinstance(outcomes[1], LeaseLostError)
+    assert len(writers) == 2 and writers[0] == writers[1]
+    assert _closed_at(client, keys, 0)[-2:] == [
+        ("AAA", second - 1000, "10.7", "3"),
+        ("BBB", second - 1000, "20", "0"),
+    ]
+    assert [c for c in _closed_at(client, keys, 1) if c[1] == second - 1000] == []
+    client.close()
+
+
+def test_writes_sent_together_to_a_redis_without_their_script_land_once(redis_url: str) -> None:
+    """Redis lost its scripts (SCRIPT FLUSH, as a restart does) before the deadline: the
+    writes sent together are refused before they run (NOSCRIPT), sent again with the script
+    loaded, and each shard's candles are in its stream once."""
+    keys = Keys("together-noscript")
+
+    async def flushed(client: aioredis.Redis) -> None:
+        await client.script_flush()
+
+    client = redis.Redis.from_url(redis_url)
+    outcomes, _, second = asyncio.run(_two_shards_at_a_deadline(redis_url, keys, flushed))
+    assert outcomes == [1, 1]
+    for shard in (0, 1):
+        assert [c for c in _closed_at(client, keys, shard) if c[1] == second - 1000] == [
+            ("AAA", second - 1000, "10.7", "3"),
+            ("BBB", second - 1000, "20", "0"),
+        ]
+    client.close()
