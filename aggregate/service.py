@@ -121,7 +121,7 @@ class AggregateShards:
 
 async def run(settings: AggregateSettings, stop: asyncio.Event) -> None:
     keys = Keys(settings.redis_prefix)
-    redis = connect(settings)
+    redis = connect(settings, resend=False)  # a write is never sent twice (common.redisconn)
     redis.response_callbacks.pop("XREAD", None)  # raw replies: see aggregate.shard
     tasks = TaskSet()
     token = new_token("aggregate")
