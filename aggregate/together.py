@@ -58,7 +58,10 @@ class DeadlineWrites:
         if turns > 1:
             asyncio.get_running_loop().call_soon(self._after_turns, turns - 1)
             return
-        queued, self._queued = self._queued, []
+        queued = [call for call in self._queued if not call[2].done()]  # not its cancelled
+        self._queued = []
+        if not queued:
+            return
         task = asyncio.ensure_future(self._send(queued))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)

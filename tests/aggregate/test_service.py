@@ -930,3 +930,24 @@ def test_writes_sent_together_to_a_redis_without_their_script_land_once(redis_ur
             ("BBB", second - 1000, "20", "0"),
         ]
     client.close()
+
+
+def test_a_write_whose_shard_was_cancelled_before_it_left_is_not_sent(redis_url: str) -> None:
+    """Two calls of one turn (DeadlineWrites), the second one's task cancelled (its shard
+    stopped) before they leave: only the first runs."""
+
+    async def scenario() -> None:
+        client = raw_client(redis_url)
+        together = DeadlineWrites(
+            client, client.register_script("return redis.call('INCR', KEYS[1])")
+        )
+        first = asyncio.ensure_future(together.call(["first"], []))
+        second = asyncio.ensure_future(together.call(["second"], []))
+        await asyncio.sleep(0)  # both asked for, neither sent (a call waits for the next turns)
+        second.cancel()
+        assert await first == 1
+        assert second.cancelled()
+        assert (await client.get("first"), await client.get("second")) == (b"1", None)
+        await client.aclose()
+
+    asyncio.run(scenario())
