@@ -58,7 +58,7 @@ class DeadlineWrites:
         if turns > 1:
             asyncio.get_running_loop().call_soon(self._after_turns, turns - 1)
             return
-        queued = [call for call in self._queued if not call[2].done()]  # not its cancelled
+        queued = [call for call in self._queued if not call[2].done()]  # a cancelled one stays
         self._queued = []
         if not queued:
             return
