@@ -4,9 +4,10 @@
 halves pipeline throughput (measured: an async pipeline of XADDs at 105 k/s with it, 175 k/s
 without). Liveness comes from our own deadlines instead.
 
-`resend=False`: the client never sends a command again by itself. redis-py otherwise retries a
-command whose connection broke (three times, with backoff), also after Redis ran it and only the
-reply was lost: harmless for a read, but a write script run twice writes its entries twice.
+`resend=False`: the client never sends a command again by itself. A cluster client otherwise
+sends a command again after its connection broke (redis-py: up to 10 times, the cluster's layout
+read anew), also after Redis ran it and only the reply was lost: harmless for a read, but a write
+script run twice writes its entries twice (the single-node client made from a URL never resends).
 The aggregator's writes are such scripts (aggregate.checkpoint), so its client is made this way
 and a lost reply surfaces as an error: the shard resumes from what Redis holds (its head).
 """
