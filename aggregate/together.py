@@ -27,7 +27,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+
+from common.scripts import call_together
 
 TURNS = 2
 """Event-loop turns a write waits for others to join it. The replies of a deadline's reads leave
@@ -68,31 +69,17 @@ class DeadlineWrites:
 
     async def _send(self, queued: list[tuple[list[Any], list[Any], asyncio.Future[Any]]]) -> None:
         try:
-            replies = await self._pipelined([(keys, args) for keys, args, _ in queued])
+            if len(queued) == 1:  # alone: the plain call (it loads a missing script itself)
+                keys, args, _ = queued[0]
+                outcomes = [await self._script(keys=keys, args=args)]
+            else:
+                outcomes = await call_together(self._redis, self._script, [c[:2] for c in queued])
         except Exception as exc:  # the whole pipeline failed: every write in it did
-            for _, _, future in queued:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (keys, args, future), reply in zip(queued, replies, strict=True):
-            outcome = reply
-            if isinstance(reply, NoScriptError):  # it did not run: once more, loaded first
-                try:
-                    outcome = await self._script(keys=keys, args=args)
-                except Exception as exc:
-                    outcome = exc
+            outcomes = [exc] * len(queued)
+        for (_, _, future), outcome in zip(queued, outcomes, strict=True):
             if future.done():  # its shard was cancelled meanwhile
                 continue
             if isinstance(outcome, Exception):
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
-
-    async def _pipelined(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Any]:
-        if len(calls) == 1:  # alone: the plain call (it loads a missing script itself)
-            keys, args = calls[0]
-            return [await self._script(keys=keys, args=args)]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
-            return await pipe.execute(raise_on_error=False)

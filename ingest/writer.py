@@ -22,13 +22,14 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from common.backoff import backoff
 from common.keys import Keys
 from common.leases import FENCE_LUA
 from common.lifecycle import sleep_or_stop
 from common.rediserrors import REDIS_FAILED, ReplyCode, reply_code
+from common.scripts import call_together
 from common.wire import (
     ClockEntry,
     GapEntry,
@@ -385,21 +386,7 @@ class Writer:
                 *(self._write_part(shard, items) for shard, items in parts),
                 return_exceptions=True,
             )
-        outcomes = await self._pipelined(parts)
-        missing = [k for k, o in enumerate(outcomes) if isinstance(o, NoScriptError)]
-        if missing:  # a Redis restarted without its scripts: those parts did not run
-            await self._redis.script_load(WRITE_LUA)
-            again = await self._pipelined([parts[k] for k in missing])
-            for k, outcome in zip(missing, again, strict=True):
-                outcomes[k] = outcome
-        return outcomes
-
-    async def _pipelined(self, parts: list[tuple[int, list[Item]]]) -> list[BaseException | None]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for shard, items in parts:
-                keys, args = self._part(shard, items)
-                pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
-            replies = await pipe.execute(raise_on_error=False)
+        replies = await call_together(self._redis, self._script, [self._part(*p) for p in parts])
         return [r if isinstance(r, BaseException) else None for r in replies]
 
     def _part(self, shard: int, items: list[Item]) -> tuple[list[str], list[str | int | bytes]]:
