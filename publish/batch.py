@@ -18,7 +18,16 @@ _dict_decoder = msgspec.json.Decoder()
 class CandleBatch:
     """Candles in stream order, with the stream entry id each came from (per shard)."""
 
-    __slots__ = ("_dicts", "_views", "group", "ids", "raws", "raws_by_shard", "streams")
+    __slots__ = (
+        "_dicts",
+        "_views",
+        "acknowledged",
+        "group",
+        "ids",
+        "raws",
+        "raws_by_shard",
+        "streams",
+    )
 
     def __init__(
         self,
@@ -33,6 +42,9 @@ class CandleBatch:
         # atomic step as its output (the `redis` consumer does), so a crash never repeats it.
         self.group: str | None = None
         self.streams: list[str] = []
+        # Set by a consumer that did acknowledge it so: the reader's own acknowledgement, one more
+        # round trip at a boundary that would find nothing left to acknowledge, is then skipped.
+        self.acknowledged = False
         self._dicts: list[dict[str, Any]] | None = None
         self._views: list[CandleView] | None = None
 

@@ -266,10 +266,11 @@ class GroupReader:
         return batch
 
     async def done(self, batch: CandleBatch) -> None:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for shard, ids in batch.ids.items():
-                if ids:
-                    pipe.xack(self._streams[shard], self._group, *ids)
-            await pipe.execute()
+        if not batch.acknowledged:  # (the `redis` consumer acknowledges with its output)
+            async with self._client.pipeline(transaction=False) as pipe:
+                for shard, ids in batch.ids.items():
+                    if ids:
+                        pipe.xack(self._streams[shard], self._group, *ids)
+                await pipe.execute()
         for ids in batch.ids.values():
             self._in_flight.difference_update(ids)

@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from common.errors import RetryableError
 from common.redisconn import connect
 from common.rediserrors import REDIS_DOWN
+from common.scripts import Call, call_together
 from publish.batch import CandleBatch, json_array
 from publish.consumers.base import BaseConsumer
 
@@ -75,19 +77,31 @@ class RedisConsumer(BaseConsumer):
             raise RetryableError(f"publish to {self._channel!r} failed: {exc!r}") from exc
 
     async def _publish_and_ack(self, batch: CandleBatch, group: str) -> None:
-        """Per shard, PUBLISH and XACK in one script: a crash repeats or loses nothing."""
+        """Per shard, PUBLISH and XACK in one script: a crash repeats or loses nothing. The
+        shards' scripts go to Redis in one pipeline: at a boundary a batch holds the candles of
+        several shards, and one round trip instead of one per shard leaves the CPU and Redis to
+        the candles' other readers sooner. On a Redis Cluster (the shards on different nodes):
+        one call each."""
         assert self._client is not None
         if self._script is None:
             self._script = self._client.register_script(PUBLISH_AND_ACK_LUA)
         step = self._per_message
+        calls: list[Call] = []
         for shard, ids in batch.ids.items():
             raws = batch.raws_by_shard.get(shard, [])
             messages = [json_array(raws[i : i + step]) for i in range(0, len(raws), step)]
             if ids:
-                await self._script(
-                    keys=[batch.streams[shard]],
-                    args=[self._channel, group, len(messages), *messages, *ids],
+                calls.append(
+                    ([batch.streams[shard]], [self._channel, group, len(messages), *messages, *ids])
                 )
+        if len(calls) == 1 or isinstance(self._client, RedisCluster):
+            for keys, args in calls:
+                await self._script(keys=keys, args=args)
+        else:
+            for outcome in await call_together(self._client, self._script, calls):
+                if isinstance(outcome, Exception):
+                    raise outcome
+        batch.acknowledged = True
 
     async def stop(self) -> None:
         await super().stop()

@@ -254,6 +254,47 @@ async def test_redis_consumer_publishes_and_acks_atomically(redis_url: str) -> N
     sync.close()
 
 
+def _xack_calls(sync: redis.Redis) -> int:
+    """XACK commands Redis has run (those of scripts included)."""
+    stats: Any = sync.info("commandstats")
+    return int(stats.get("cmdstat_xack", {}).get("calls", 0))
+
+
+async def test_a_batch_the_redis_consumer_acknowledged_is_not_acknowledged_again(
+    redis_url: str,
+) -> None:
+    """The `redis` consumer acknowledges each shard's entries in the script that publishes them
+    (the two shards' scripts sent together); the reader's own acknowledgement after the batch
+    would be one more round trip at every boundary, finding nothing left: it is not sent."""
+    from publish.consumers.redis_pubsub import RedisConsumer
+
+    settings = ws_settings(1, redis_url=redis_url, shards=2)
+    client = connect(settings)
+    sync = redis.Redis.from_url(redis_url)
+    keys = Keys(PREFIX)
+    reader = GroupReader(client, keys, 2, "g2", "r1", claim_idle_ms=60_000)
+    await reader.start()
+    raws = series(10, symbols=10)  # SYM0-7 on shard 1, SYM8-9 on shard 0
+    xadd_candles(sync, raws, shards=2)
+    consumer = RedisConsumer()
+    consumer.settings = settings
+    consumer.validate()
+    await consumer.setup()
+    await consumer.start()
+    batch = await reader.read(100, 10)
+    assert batch is not None and sorted(batch.ids) == [0, 1]
+    before = _xack_calls(sync)
+    await consumer.consume_batch(batch)
+    assert _xack_calls(sync) == before + 2  # one per shard, in its script
+    assert sync.xpending(keys.klines(0), "g2")["pending"] == 0
+    assert sync.xpending(keys.klines(1), "g2")["pending"] == 0
+    await reader.done(batch)
+    assert _xack_calls(sync) == before + 2
+    await consumer.stop()
+    await client.aclose()
+    sync.close()
+
+
 class Flaky(BaseConsumer):
     """Fails its first `failures` calls (a database sink's hiccup), then records."""
 
