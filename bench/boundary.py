@@ -16,7 +16,8 @@ the client recorded, all on this machine's one wall clock:
 - the client: when the frame with the candle arrived.
 
 Besides, for the trades of the window: received by ingest − trade time (the exchange's side and
-the socket), and XADD − received (ingest's queue and write).
+the socket), and XADD − received (ingest's queue and write); and, from 2 ms before each deadline
+to 14 ms after, each process's CPU time and its time waiting for a core (bench.schedstat).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 from bench.pipeline_trial import SHARDS, WAITER_MS, Result, Run, _head, _heads, pct
 from bench.report import Row
+from bench.schedstat import Sampler, Window, medians
 from common.wire import STREAM_FIELD, ClockEntry, TradesEntry, entry_decoder
 
 NOTES: list[str] = []
@@ -53,6 +55,7 @@ class Trace:
         self.spread: list[int] = []  # a boundary's last shard write − its first
         self.received: list[int] = []  # ingest receive − trade time
         self.queued: list[int] = []  # trade entry XADD − ingest receive
+        self.windows: list[Window] = []  # CPU and run-queue wait around each deadline
 
 
 def _follow(run: Run, from_ms: int, to_ms: int) -> Trace:
@@ -112,9 +115,12 @@ def trial(
             run.warm_up()
             result = Result(symbols, rate, window_s)
             from_ms = int(run.client.time()[0]) * 1000
-            run.measure(result)
+            assert run.arrivals is not None
+            with Sampler(run.pids() | {"user": run.arrivals.pid}, WAITER_MS) as sampler:
+                run.measure(result)
             to_ms = int(run.client.time()[0]) * 1000
             trace = _follow(run, from_ms, to_ms)
+            trace.windows = sampler.windows
         finally:
             run.close()
     return trace, result
@@ -162,6 +168,14 @@ def _layout(rate: int, replicas: int, window_s: float, trials: int) -> list[Row]
             f" CPU {result.busiest()}; load average {result.load_1m:.1f}"
         )
     trace = _pooled(traces)
+    if trace.windows:
+        spent = "; ".join(
+            f"{name} {cpu:.1f} / {wait:.1f}" for name, (cpu, wait) in medians(trace.windows).items()
+        )
+        NOTES.append(
+            f"boundary @ {rate:,}/s, {layout}: from 2 ms before a deadline to 14 ms after, median"
+            f" of {len(trace.windows)}, CPU / waiting for a core (ms): {spent}"
+        )
     hops = (
         ("trade received by ingest − trade time", trace.received),
         ("trade entry written − received (ingest's queue)", trace.queued),

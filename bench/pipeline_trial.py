@@ -114,6 +114,10 @@ class _Arrivals:
         self._thread = threading.Thread(target=self._run, name="arrivals", daemon=True)
         self._thread.start()
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def _run(self) -> None:
         assert self._proc.stdout is not None
         for line in self._proc.stdout:

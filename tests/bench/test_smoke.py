@@ -3,6 +3,7 @@ on a shared 2-core box figures from a smoke run mean nothing, only that every me
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -94,3 +95,7 @@ def test_every_bench_module_runs_and_reports_its_rows() -> None:
     values = [value for _, _, value in rows]
     assert all(value and "nan" not in value and "inf" not in value for value in values), values
     assert "pipeline rows at" in done.stdout  # the notes under the table
+    spent = re.search(r"2 aggregate processes: from 2 ms before a deadline .*: (.*)", done.stdout)
+    assert spent is not None, done.stdout[-3000:]  # bench.schedstat's medians, every process
+    for name in ("ingest", "aggregate", "aggregate2", "publish", "redis", "simulator", "user"):
+        assert re.search(rf"(^|; ){name} \d+\.\d / \d+\.\d", spent[1]), (name, spent[1])
