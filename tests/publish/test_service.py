@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from common.keys import Keys
 from common.metrics import REGISTRY
 from common.redisconn import connect
 from publish.batch import CandleBatch
 from publish.consumers.base import BaseConsumer
+from publish.consumers.redis_pubsub import RedisConsumer
 from publish.reader import GroupReader, PositionReader
 from publish.service import PublishService
 from tests.publish.helpers import PREFIX, series, ws_settings, xadd_candles
@@ -218,23 +220,37 @@ async def test_a_trimmed_gap_is_logged_at_start(
     sync.close()
 
 
-async def test_redis_consumer_publishes_and_acks_atomically(redis_url: str) -> None:
-    """A batch handed over twice (a retry, a replica that died after publishing) goes out once."""
-    from publish.consumers.redis_pubsub import RedisConsumer
+class GroupAndConsumer(NamedTuple):
+    sync: redis.Redis
+    client: aioredis.Redis
+    reader: GroupReader
+    consumer: RedisConsumer
 
+
+async def _group_and_consumer(redis_url: str, group: str, raws: list[bytes]) -> GroupAndConsumer:
+    """A started `redis` consumer, and a reader of two shards' candle streams in `group`, after
+    which `raws` were added to the streams."""
     settings = ws_settings(1, redis_url=redis_url, shards=2)
     client = connect(settings)
     sync = redis.Redis.from_url(redis_url)
-    keys = Keys(PREFIX)
-    reader = GroupReader(client, keys, 2, "g", "r1", claim_idle_ms=60_000)
+    reader = GroupReader(client, Keys(PREFIX), 2, group, "r1", claim_idle_ms=60_000)
     await reader.start()
-    raws = series(5)
     xadd_candles(sync, raws, shards=2)
     consumer = RedisConsumer()
     consumer.settings = settings
     consumer.validate()
     await consumer.setup()
     await consumer.start()
+    return GroupAndConsumer(sync, client, reader, consumer)
+
+
+async def test_redis_consumer_publishes_and_acks_atomically(redis_url: str) -> None:
+    """A batch handed over twice (a retry, a replica that died after publishing) goes out once."""
+    raws = series(5)
+    sync, client, reader, consumer = await _group_and_consumer(redis_url, "g", raws)
+    keys = Keys(PREFIX)
+    assert consumer.settings is not None
+    settings = consumer.settings
     listener = sync.pubsub()  # type: ignore[no-untyped-call]  # unannotated in redis-py
     listener.subscribe(settings.redis_channel)
     assert listener.get_message(timeout=5)["type"] == "subscribe"
@@ -266,21 +282,9 @@ async def test_a_batch_the_redis_consumer_acknowledged_is_not_acknowledged_again
     """The `redis` consumer acknowledges each shard's entries in the script that publishes them
     (the two shards' scripts sent together); the reader's own acknowledgement after the batch
     would be one more round trip at every boundary, finding nothing left: it is not sent."""
-    from publish.consumers.redis_pubsub import RedisConsumer
-
-    settings = ws_settings(1, redis_url=redis_url, shards=2)
-    client = connect(settings)
-    sync = redis.Redis.from_url(redis_url)
-    keys = Keys(PREFIX)
-    reader = GroupReader(client, keys, 2, "g2", "r1", claim_idle_ms=60_000)
-    await reader.start()
     raws = series(10, symbols=10)  # SYM0-7 on shard 1, SYM8-9 on shard 0
-    xadd_candles(sync, raws, shards=2)
-    consumer = RedisConsumer()
-    consumer.settings = settings
-    consumer.validate()
-    await consumer.setup()
-    await consumer.start()
+    sync, client, reader, consumer = await _group_and_consumer(redis_url, "g2", raws)
+    keys = Keys(PREFIX)
     batch = await reader.read(100, 10)
     assert batch is not None and sorted(batch.ids) == [0, 1]
     before = _xack_calls(sync)
