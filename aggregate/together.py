@@ -69,11 +69,7 @@ class DeadlineWrites:
 
     async def _send(self, queued: list[tuple[list[Any], list[Any], asyncio.Future[Any]]]) -> None:
         try:
-            if len(queued) == 1:  # alone: the plain call (it loads a missing script itself)
-                keys, args, _ = queued[0]
-                outcomes = [await self._script(keys=keys, args=args)]
-            else:
-                outcomes = await call_together(self._redis, self._script, [c[:2] for c in queued])
+            outcomes = await call_together(self._redis, self._script, [c[:2] for c in queued])
         except Exception as exc:  # the whole pipeline failed: every write in it did
             outcomes = [exc] * len(queued)
         for (_, _, future), outcome in zip(queued, outcomes, strict=True):

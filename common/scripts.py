@@ -17,7 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 Call = tuple[Sequence[Any], Sequence[Any]]
 """A script call's keys and arguments."""
@@ -30,7 +30,14 @@ async def call_together(
 
     A pipeline that fails as a whole (a lost connection) raises: none of its outcomes is known.
     When only the second send, of the calls refused with NOSCRIPT, fails so, those calls get its
-    error and the others keep their replies."""
+    error and the others keep their replies. A call alone goes as the plain script call, which
+    loads a missing script itself."""
+    if len(calls) == 1:
+        keys, args = calls[0]
+        try:
+            return [await script(keys=keys, args=args)]
+        except ResponseError as exc:  # the script's own refusal; a lost connection raises
+            return [exc]
     outcomes = await _pipelined(redis, script.sha, calls)
     missing = [k for k, outcome in enumerate(outcomes) if isinstance(outcome, NoScriptError)]
     if missing:

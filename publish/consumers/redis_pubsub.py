@@ -94,7 +94,7 @@ class RedisConsumer(BaseConsumer):
                 calls.append(
                     ([batch.streams[shard]], [self._channel, group, len(messages), *messages, *ids])
                 )
-        if len(calls) == 1 or isinstance(self._client, RedisCluster):
+        if isinstance(self._client, RedisCluster):
             for keys, args in calls:
                 await self._script(keys=keys, args=args)
         else:

@@ -7,7 +7,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError, ResponseError
 
-from common.scripts import call_together
+from common.scripts import Call, call_together
 
 pytestmark = pytest.mark.redis
 
@@ -33,16 +33,24 @@ async def test_each_call_gets_its_own_reply_or_error(redis_url: str) -> None:
     await client.aclose()
 
 
+@pytest.mark.parametrize("together", [True, False], ids=["together", "alone"])
 async def test_calls_refused_for_a_missing_script_run_once_after_it_is_loaded(
-    redis_url: str,
+    redis_url: str, together: bool
 ) -> None:
+    """Together: the refused calls sent again once the script is loaded. Alone: the plain call,
+    which loads the script itself."""
     client = aioredis.Redis.from_url(redis_url)
     script = client.register_script(APPEND)
     await client.script_flush()
-    outcomes = await call_together(client, script, [(["a"], ["x"]), (["b"], ["bad"])])
+    calls: list[Call] = [(["a"], ["x"]), (["b"], ["bad"])]
+    if together:
+        outcomes = await call_together(client, script, calls)
+    else:
+        outcomes = [(await call_together(client, script, [call]))[0] for call in calls]
     assert outcomes[0] == 1
     assert isinstance(outcomes[1], ResponseError) and str(outcomes[1]) == "BAD refused: b"
     assert await client.lrange("a", 0, -1) == [b"x"]
+    assert await client.exists("b") == 0
     assert await client.script_exists(script.sha) == [True]
     await client.aclose()
 
