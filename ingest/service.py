@@ -93,6 +93,7 @@ def _trades(started: Started, open_pool: OpenPool) -> Mode:
         buffer_max=settings.ingest_buffer_max,
         batch_max=settings.ingest_batch_max,
         retention_s=settings.trades_retention_s,
+        gather_ms=settings.ingest_gather_ms,
     )
     repair = settings.repair_enabled
     standby = settings.ingest_standby_s > 0 and settings.fixed_shards() is None

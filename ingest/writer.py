@@ -7,6 +7,14 @@ clock entry is taken after everything received before it, it means what the cont
 "everything received before this time is in the stream". While Redis is down, the queue grows up
 to `buffer_max`; past that the oldest entries are dropped, counted, and a gap entry is written once
 Redis is back.
+
+Writes are gathered: after one starts, the next waits up to `gather_ms` for more input to join
+it (never past a clock grid point, and not at all under a backlog: a full batch waiting, or the
+last write took longer than that). Bybit sends each trade message on its own, 0-1 ms after its
+trades: thousands of messages a second at 5,000 trades/s. Written one by one they made as many
+script calls, each waking every aggregator reading the stream, and at a waiter deadline those
+wake-ups took the cores the deadline's candles needed (docs/benchmarks.md, 2026-12-06 18:00). A
+trade reaches the stream up to `gather_ms` later; a clock entry never does.
 """
 
 from __future__ import annotations
@@ -142,6 +150,7 @@ class Writer:
         buffer_max: int,
         batch_max: int,
         retention_s: int,
+        gather_ms: int = 0,
         clock: bool = True,
         lease_lost: LeaseLost = _always_drop,
         on_gap: OnGapQueued = _no_repair,
@@ -154,6 +163,8 @@ class Writer:
         self._buffer_max = buffer_max
         self._batch_max = batch_max
         self._retention_s = retention_s
+        self._gather_ns = gather_ms * 1_000_000
+        self._write_started_ns = 0
         self._clock = clock
         self._script = redis.register_script(WRITE_LUA)
         self._lease_lost = lease_lost
@@ -261,7 +272,11 @@ class Writer:
             if wait_s > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait_s)
+                gather_s = self._gather_s(time.time_ns())
+                if gather_s > 0:
+                    await asyncio.sleep(gather_s)
             self._wake.clear()
+            self._write_started_ns = time.time_ns()
             await self.flush_once(stop)
             await self._maybe_trim()
         while self._queue:
@@ -281,6 +296,17 @@ class Writer:
         if self._clock and self.ready and now_ns // interval_ns > last_cell:
             return 0.0
         return (interval_ns - now_ns % interval_ns) / 1e9
+
+    def _gather_s(self, now_ns: int) -> float:
+        """How long the input that woke the writer waits for more to join it: until `gather_ms`
+        after the last write started, or the clock's next grid point if that comes first (its
+        clock entry leaves with the gathered trades); 0 under a backlog (a full batch waits, or
+        the last write took that long), on a quiet stream (it is that old already), and when a
+        grid point's clock entry is due."""
+        wait_ns = self._write_started_ns + self._gather_ns - now_ns
+        if wait_ns <= 0 or len(self._queue) >= self._batch_max:
+            return 0.0
+        return min(wait_ns / 1e9, self._wait_s(now_ns))
 
     async def flush_once(self, stop: asyncio.Event | None) -> bool:
         """Take one batch (plus due clock entries) and write it, retrying until it is written."""
