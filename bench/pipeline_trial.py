@@ -38,6 +38,13 @@ CONNECTIONS = 4  # STREAMER_BYBIT_SOCKET_POOL_SIZE: ingest's WebSocket connectio
 RETENTION_S = 3600  # STREAMER_TRADES_RETENTION_S (the default)
 BOUND_MS = 1000  # the "keeps up" bound on each lag
 STAGES = ("ingest", "aggregate", "publish")
+LEAN_SLOT_MS = 1
+"""The lean load's `--loop-ms`: each symbol's trades of a 1 ms slot go in one message sent when
+the slot ends, as Bybit sends them, 0-1 ms after their trades and spread over the second (its
+recorded `ts` are uniform over the millisecond digit). With the live loop's 10 ms slots every
+symbol's message came at once on a 10 ms grid the waiter deadlines fall on, and far fewer of
+them: a load that cost ingest less than half of what Bybit's does (docs/benchmarks.md,
+2026-12-06 18:00)."""
 
 
 class _Head(msgspec.Struct):
@@ -267,7 +274,7 @@ class Run:
             "7",
         )
         if self.pregenerate_s:
-            sim_args += ("--pregenerate-s", str(self.pregenerate_s))
+            sim_args += ("--pregenerate-s", str(self.pregenerate_s), "--loop-ms", str(LEAN_SLOT_MS))
         sim_proc = python_module(
             "simulator", *sim_args, env={}, log_path=self.tmp / f"sim{self._attempt or ''}.log"
         )
