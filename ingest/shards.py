@@ -293,8 +293,14 @@ class IngestShards:
                 self._watched[symbol] = shard
             self.standby.watch(shard, now_ms())
             log.info("shard %d: on standby (%d symbols, still subscribed)", shard, len(symbols))
-            if graceful:
-                await self.writer.drained(self._drain_timeout_s)
+            if graceful and await self.writer.drained(self._drain_timeout_s):
+                # What we received before the hand-back is in the stream, written by us, and
+                # what comes after is in the buffer: we hold the shard's whole window, and a
+                # takeover is warm however soon the next owner dies. Covered from the hand-back
+                # only, a next owner whose last write came within PREFER_SLACK_MS of it (killed
+                # 140 ms after a rebalance) was taken over cold: an unowned gap, repaired only as
+                # far back as Bybit's recent trades reach.
+                self.standby.watch(shard, now_ms() - self.standby.window_ms)
             self.dedup.forget(symbols)
             return
         if graceful:
