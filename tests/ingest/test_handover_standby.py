@@ -14,21 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from functools import partial
 
 import redis.asyncio as aioredis
 
-from common.keys import Keys
 from common.lifecycle import TaskSet
 from common.wire import GapEntry, TradesEntry, entry_decoder, entry_encoder
-from ingest.shards import IngestShards
-from ingest.standby import Standby
-from ingest.writer import Writer
-from tests.ingest.test_takeover_order import SYMBOL, Exchange, message
+from tests.ingest.test_takeover_order import KEYS, SYMBOL, Exchange, message, standby_shards
 from tests.support import replies
 from tests.support.waiting import async_wait_until
 
-KEYS = Keys("t")
 TOKEN = "ingest:handover"
 
 
@@ -45,18 +39,9 @@ async def test_a_shard_handed_over_is_taken_back_warm_when_its_next_owner_dies_a
     client = aioredis.Redis.from_url(redis_url)
     tasks, stop = TaskSet(), asyncio.Event()
     try:
-        await client.set(KEYS.lease("ingest", 0), TOKEN)
-        open_writer = partial(
-            Writer, client, KEYS, TOKEN, clock_interval_ms=50, buffer_max=10_000, batch_max=100,
-            retention_s=3600,
-        )  # fmt: skip
-        shards = IngestShards(
-            client, KEYS, 1, tasks, 5.0, open_writer=open_writer,
-            open_pool=lambda **hooks: Connections(),  # type: ignore[arg-type]  # a fake connection pool
-            symbols=[SYMBOL], standby=Standby(window_ms=10_000),
-            cold_claim_after_ms=60_000,
-        )  # fmt: skip
-        tasks.spawn(shards.writer.run(stop), name="writer")
+        shards = await standby_shards(
+            client, tasks, stop, TOKEN, Connections(), cold_claim_after_ms=60_000
+        )
         await shards.start_shard(0)
         now = time.time_ns() // 1_000_000
         shards.on_trades(message(now - 5, "mine"), now)

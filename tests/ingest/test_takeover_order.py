@@ -49,25 +49,39 @@ def message(time_ms: int, trade_id: str) -> TradeMessage:
     return TradeMessage(SYMBOL, time_ms, [Trade(time_ms, "65000.1", "0.001", Side.BUY, trade_id)])
 
 
+async def standby_shards(
+    client: aioredis.Redis,
+    tasks: TaskSet,
+    stop: asyncio.Event,
+    token: str,
+    exchange: Exchange,
+    **options: Any,
+) -> IngestShards:
+    """One shard's real shards, standby (10 s) and writer (running until `stop`) over
+    `exchange`; the lease of shard 0 is `token`'s."""
+    await client.set(KEYS.lease("ingest", 0), token)
+    open_writer = partial(
+        Writer, client, KEYS, token, clock_interval_ms=50, buffer_max=10_000, batch_max=100,
+        retention_s=3600,
+    )  # fmt: skip
+    shards = IngestShards(
+        client, KEYS, 1, tasks, 5.0, open_writer=open_writer,
+        open_pool=lambda **hooks: exchange,  # type: ignore[arg-type]  # a fake pool
+        symbols=[SYMBOL], standby=Standby(window_ms=10_000), **options,
+    )  # fmt: skip
+    tasks.spawn(shards.writer.run(stop), name="writer")
+    return shards
+
+
 async def test_buffered_trades_go_before_those_arriving_during_the_takeover(
     redis_url: str,
 ) -> None:
     client = aioredis.Redis.from_url(redis_url)
     tasks, stop = TaskSet(), asyncio.Event()
     try:
-        await client.set(KEYS.lease("ingest", 0), TOKEN)
-        open_writer = partial(
-            Writer, client, KEYS, TOKEN, clock_interval_ms=50, buffer_max=10_000, batch_max=100,
-            retention_s=3600,
-        )  # fmt: skip
-        standby = Standby(window_ms=10_000)
-        shards = IngestShards(
-            client, KEYS, 1, tasks, 5.0, open_writer=open_writer,
-            open_pool=lambda **hooks: Exchange(),  # type: ignore[arg-type]  # a fake connection pool
-            symbols=[SYMBOL], standby=standby,
-        )  # fmt: skip
-        writer = shards.writer
-        tasks.spawn(writer.run(stop), name="writer")
+        shards = await standby_shards(client, tasks, stop, TOKEN, Exchange())
+        standby = shards.standby
+        assert standby is not None
         await shards._watch(0)  # on standby for shard 0
 
         async def watched() -> bool:
