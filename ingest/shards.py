@@ -124,6 +124,7 @@ class IngestShards:
         self._created = time.monotonic()
         self._cold_claim_after_ms = cold_claim_after_ms
         self._watched: dict[str, int] = {}  # symbols of shards kept on standby
+        self._handed_over: dict[int, tuple[int, int]] = {}  # shard -> newest entry id then
         # how far back a taken shard's unrepaired gaps are looked for
         self.repair_lookback_ms = repair_lookback_ms
         self.activity: dict[str, int] = {}  # trades received per symbol (repairs: busiest first)
@@ -164,6 +165,7 @@ class IngestShards:
                 self.repairer.forget(shard)  # taken up again below, from the stream
             log.warning("shard %d: served by another replica meanwhile; %d buffered entries "
                         "dropped", shard, dropped)  # fmt: skip
+        self._handed_over.pop(shard, None)
         symbols = self._symbols_of(shard)
         # First in line, before any trade of ours: the series of symbols no longer in this
         # shard (the shard count or the symbol list changed) end here for the aggregator.
@@ -301,6 +303,7 @@ class IngestShards:
                 # 140 ms after a rebalance) was taken over cold: an unowned gap, repaired only as
                 # far back as Bybit's recent trades reach.
                 self.standby.watch(shard, now_ms() - self.standby.window_ms)
+                self._handed_over[shard] = await self._newest_id(shard) or (0, 0)
             self.dedup.forget(symbols)
             return
         if graceful:
@@ -329,15 +332,26 @@ class IngestShards:
         return now_ms() - newest_ms > self._cold_claim_after_ms
 
     async def warm(self, shard: int) -> bool:
-        """Whether the shard is free and we hold its trades since its owner's last write."""
+        """Whether the shard is free and we hold its trades since its owner's last write. Not a
+        shard we handed over that nobody wrote to since: it is on its way to the replica we
+        handed it to (we would take it back at once, again and again)."""
         if self.standby is None or await self._redis.exists(self._keys.lease("ingest", shard)):
             return False
-        newest_ms = await self._newest_ms(shard)
-        return newest_ms is not None and self.standby.covers(shard, newest_ms - PREFER_SLACK_MS)
+        newest = await self._newest_id(shard)
+        if newest is None or newest <= self._handed_over.get(shard, (-1, 0)):
+            return False
+        return self.standby.covers(shard, newest[0] - PREFER_SLACK_MS)
 
     async def _newest_ms(self, shard: int) -> int | None:
+        newest = await self._newest_id(shard)
+        return newest[0] if newest else None
+
+    async def _newest_id(self, shard: int) -> tuple[int, int] | None:
         newest: Any = await self._redis.xrevrange(self._keys.trades(shard), count=1)
-        return int(newest[0][0].split(b"-")[0]) if newest else None
+        if not newest:
+            return None
+        ms, _, seq = newest[0][0].partition(b"-")
+        return int(ms), int(seq or 0)
 
     def standby_ready(self) -> bool:
         """Whether every shard is owned or on standby (acked), or the wait has been long enough.
