@@ -22,6 +22,7 @@ class CandleBatch:
         "_dicts",
         "_views",
         "acknowledged",
+        "count",
         "group",
         "ids",
         "raws",
@@ -34,8 +35,12 @@ class CandleBatch:
         raws: list[bytes],
         ids: dict[int, list[bytes]],
         raws_by_shard: dict[int, list[bytes]] | None = None,
+        *,
+        count: int | None = None,
     ) -> None:
         self.raws = raws
+        # Candles handled already, whose raws never came here (the `redis` consumer's reads).
+        self.count = len(raws) if count is None else count
         self.ids = ids
         self.raws_by_shard = raws_by_shard or {}
         # Set by a consumer-group reader: a consumer may acknowledge the batch itself, in the same
@@ -49,7 +54,7 @@ class CandleBatch:
         self._views: list[CandleView] | None = None
 
     def __len__(self) -> int:
-        return len(self.raws)
+        return self.count
 
     def dicts(self) -> list[dict[str, Any]]:
         """The candles as dicts, decimals as floats: the original service's `consume()` data."""

@@ -85,6 +85,16 @@ async def _read_streams(
     return reply
 
 
+async def create_groups(client: aioredis.Redis, streams: list[str], group: str) -> None:
+    """The consumer group on each stream (and the stream), unless there already."""
+    for stream in streams:
+        try:
+            await client.xgroup_create(stream, group, id="$", mkstream=True)
+        except ResponseError as exc:
+            if reply_code(exc) is not ReplyCode.BUSYGROUP:
+                raise
+
+
 def _id_tuple(entry_id: bytes) -> tuple[int, int]:
     ms, _, seq = entry_id.partition(b"-")
     return int(ms), int(seq or 0)
@@ -198,12 +208,7 @@ class GroupReader:
         self._next_claim_s = time.monotonic()
 
     async def _create_groups(self) -> None:
-        for stream in self._streams:
-            try:
-                await self._client.xgroup_create(stream, self._group, id="$", mkstream=True)
-            except ResponseError as exc:
-                if reply_code(exc) is not ReplyCode.BUSYGROUP:
-                    raise
+        await create_groups(self._client, self._streams, self._group)
 
     async def read(self, count: int, block_ms: int) -> CandleBatch | None:
         try:

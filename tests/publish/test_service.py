@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 import pytest
 import redis
-import redis.asyncio as aioredis
 
 from common.keys import Keys
 from common.metrics import REGISTRY
 from common.redisconn import connect
 from publish.batch import CandleBatch
 from publish.consumers.base import BaseConsumer
-from publish.consumers.redis_pubsub import RedisConsumer
 from publish.reader import GroupReader, PositionReader
 from publish.service import PublishService
 from tests.publish.helpers import PREFIX, series, ws_settings, xadd_candles
@@ -216,85 +214,6 @@ async def test_a_trimmed_gap_is_logged_at_start(
     assert "resuming at 9-0" in caplog.text
     batch = await reader.read(10, 10)
     assert batch is not None and batch.ids == {0: [b"9-0"]}
-    await client.aclose()
-    sync.close()
-
-
-class GroupAndConsumer(NamedTuple):
-    sync: redis.Redis
-    client: aioredis.Redis
-    reader: GroupReader
-    consumer: RedisConsumer
-
-
-async def _group_and_consumer(redis_url: str, group: str, raws: list[bytes]) -> GroupAndConsumer:
-    """A started `redis` consumer, and a reader of two shards' candle streams in `group`, after
-    which `raws` were added to the streams."""
-    settings = ws_settings(1, redis_url=redis_url, shards=2)
-    client = connect(settings)
-    sync = redis.Redis.from_url(redis_url)
-    reader = GroupReader(client, Keys(PREFIX), 2, group, "r1", claim_idle_ms=60_000)
-    await reader.start()
-    xadd_candles(sync, raws, shards=2)
-    consumer = RedisConsumer()
-    consumer.settings = settings
-    consumer.validate()
-    await consumer.setup()
-    await consumer.start()
-    return GroupAndConsumer(sync, client, reader, consumer)
-
-
-async def test_redis_consumer_publishes_and_acks_atomically(redis_url: str) -> None:
-    """A batch handed over twice (a retry, a replica that died after publishing) goes out once."""
-    raws = series(5)
-    sync, client, reader, consumer = await _group_and_consumer(redis_url, "g", raws)
-    keys = Keys(PREFIX)
-    assert consumer.settings is not None
-    settings = consumer.settings
-    listener = sync.pubsub()  # type: ignore[no-untyped-call]  # unannotated in redis-py
-    listener.subscribe(settings.redis_channel)
-    assert listener.get_message(timeout=5)["type"] == "subscribe"
-    batch = await reader.read(100, 10)
-    assert batch is not None and len(batch) == 5
-    await consumer.consume_batch(batch)
-    assert sync.xpending(keys.klines(0), "g")["pending"] == 0  # acknowledged by the publish
-    assert sync.xpending(keys.klines(1), "g")["pending"] == 0
-    await consumer.consume_batch(batch)  # the same batch again: nothing more is published
-    got: list[bytes] = []
-    while (message := listener.get_message(timeout=0.5)) is not None:
-        got.extend(msgspec.json.decode(message["data"], type=list[msgspec.Raw]))
-    assert sorted(bytes(raw) for raw in got) == sorted(raws)
-    await consumer.stop()
-    listener.close()
-    await client.aclose()
-    sync.close()
-
-
-def _xack_calls(sync: redis.Redis) -> int:
-    """XACK commands Redis has run (those of scripts included)."""
-    stats: Any = sync.info("commandstats")
-    return int(stats.get("cmdstat_xack", {}).get("calls", 0))
-
-
-async def test_a_batch_the_redis_consumer_acknowledged_is_not_acknowledged_again(
-    redis_url: str,
-) -> None:
-    """The `redis` consumer acknowledges each shard's entries in the script that publishes them
-    (the two shards' scripts sent together); the reader's own acknowledgement after the batch
-    would be one more round trip at every boundary, finding nothing left: it is not sent."""
-    raws = series(10, symbols=10)  # SYM0-7 on shard 1, SYM8-9 on shard 0
-    sync, client, reader, consumer = await _group_and_consumer(redis_url, "g2", raws)
-    keys = Keys(PREFIX)
-    batch = await reader.read(100, 10)
-    assert batch is not None and sorted(batch.ids) == [0, 1]
-    before = _xack_calls(sync)
-    await consumer.consume_batch(batch)
-    assert _xack_calls(sync) == before + 2  # one per shard, in its script
-    assert sync.xpending(keys.klines(0), "g2")["pending"] == 0
-    assert sync.xpending(keys.klines(1), "g2")["pending"] == 0
-    await reader.done(batch)
-    assert _xack_calls(sync) == before + 2
-    await consumer.stop()
     await client.aclose()
     sync.close()
 
