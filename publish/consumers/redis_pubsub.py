@@ -99,6 +99,10 @@ class PublishingReader:
         self._streams = [keys.klines(k) for k in range(shards)]
         self._script: AsyncScript = client.register_script(READ_PUBLISH_ACK_LUA)
         self._next_claim_s = 0.0
+        self._more = True
+        """Whether a script may find more right away (at start: what is pending; after a read
+        that hit `count`: the rest). Otherwise the next read waits first: an empty round of
+        scripts before every wait cost one more round trip per candle write."""
 
     async def start(self) -> None:
         await create_groups(self._client, self._streams, self._group)
@@ -108,8 +112,8 @@ class PublishingReader:
         try:
             if time.monotonic() >= self._next_claim_s:
                 self._next_claim_s = time.monotonic() + self._claim_idle_ms / 2000
-                await self._claim(count)
-            batch = await self._publish(count)
+                self._more = await self._claim(count) or self._more
+            batch = await self._publish(count) if self._more else None
             if batch is None:
                 await self._wait(block_ms)
                 batch = await self._publish(count)
@@ -136,6 +140,7 @@ class PublishingReader:
                 raise outcome
             if outcome:
                 ids[shard] = list(outcome)
+        self._more = any(len(handled) >= count for handled in ids.values())
         if not ids:
             return None
         batch = CandleBatch([], ids, count=sum(map(len, ids.values())))
@@ -150,12 +155,16 @@ class PublishingReader:
         streams: dict[Any, Any] = dict.fromkeys(self._streams, ">")
         await self._client.xreadgroup(self._group, self._replica, streams, count=1, block=block_ms)
 
-    async def _claim(self, count: int) -> None:
+    async def _claim(self, count: int) -> bool:
+        """Whether any entry was taken over."""
+        claimed = False
         for stream in self._streams:
-            await self._client.xautoclaim(
+            reply = await self._client.xautoclaim(
                 stream, self._group, self._replica, self._claim_idle_ms, "0-0",
                 count=count, justid=True,
             )  # fmt: skip
+            claimed = claimed or bool(reply)  # the ids taken over
+        return claimed
 
     async def done(self, batch: CandleBatch) -> None:
         pass  # published and acknowledged by the read

@@ -54,6 +54,11 @@ def _messages(listener: Any) -> list[list[bytes]]:
     return got
 
 
+def _script_calls(sync: redis.Redis) -> int:
+    stats: Any = sync.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
 def _listen(sync: redis.Redis) -> Any:
     listener = sync.pubsub()  # type: ignore[no-untyped-call]  # unannotated in redis-py
     listener.subscribe(CHANNEL)
@@ -78,8 +83,11 @@ async def test_each_candle_is_published_once_in_stream_order_in_arrays(redis_url
     keys = Keys(PREFIX)
     assert sync.xpending(keys.klines(0), "publish")["pending"] == 0
     assert sync.xpending(keys.klines(1), "publish")["pending"] == 0
+    before = _script_calls(sync)
     assert await reader.read(100, 20) is None  # nothing new: nothing published again
     assert _messages(listener) == []
+    # it waited first, then ran the two shards' scripts once: no empty round before the wait
+    assert _script_calls(sync) == before + 2
     listener.close()
     sync.close()
 
