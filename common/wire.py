@@ -107,6 +107,13 @@ StreamEntry = TradesEntry | ClockEntry | GapEntry | SymbolsEntry | RepairEntry |
 STREAM_FIELD = b"data"
 """The one field of every stream entry this project writes."""
 
+
+def entry_id(raw: bytes) -> tuple[int, int]:
+    """A stream entry id (`<ms>-<seq>`) as a tuple that orders as Redis orders ids."""
+    ms, _, seq = raw.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
 entry_encoder = msgspec.json.Encoder()
 entry_decoder: msgspec.json.Decoder[StreamEntry] = msgspec.json.Decoder(StreamEntry)
 

@@ -23,7 +23,7 @@ from common.keys import Keys
 from common.lifecycle import TaskSet
 from common.rediserrors import REDIS_FAILED
 from common.sharding import shard_of
-from common.wire import ClockEntry, GapEntry, TradesEntry, entry_decoder
+from common.wire import ClockEntry, GapEntry, TradesEntry, entry_decoder, entry_id
 from ingest import metrics
 from ingest.bybit.messages import TradeMessage
 from ingest.dedup import Deduper
@@ -348,10 +348,7 @@ class IngestShards:
 
     async def _newest_id(self, shard: int) -> tuple[int, int] | None:
         newest: Any = await self._redis.xrevrange(self._keys.trades(shard), count=1)
-        if not newest:
-            return None
-        ms, _, seq = newest[0][0].partition(b"-")
-        return int(ms), int(seq or 0)
+        return entry_id(newest[0][0]) if newest else None
 
     def standby_ready(self) -> bool:
         """Whether every shard is owned or on standby (acked), or the wait has been long enough.

@@ -28,7 +28,7 @@ from redis.exceptions import ResponseError
 
 from common.keys import Keys
 from common.rediserrors import ReplyCode, reply_code
-from common.wire import STREAM_FIELD
+from common.wire import STREAM_FIELD, entry_id
 from publish.batch import CandleBatch
 
 log = logging.getLogger(__name__)
@@ -53,11 +53,11 @@ def _to_batch(reply: Any, shard_of_key: dict[bytes, int]) -> CandleBatch | None:
         shard = shard_of_key[key]
         shard_ids = ids.setdefault(shard, [])
         shard_raws = by_shard.setdefault(shard, [])
-        for entry_id, fields in entries:
+        for raw_id, fields in entries:
             if fields is None:  # a pending entry deleted (trimmed) before it was delivered
                 continue
             data = fields.get(STREAM_FIELD)
-            shard_ids.append(entry_id)
+            shard_ids.append(raw_id)
             if data is not None:
                 raws.append(data)
                 shard_raws.append(data)
@@ -95,11 +95,6 @@ async def create_groups(client: aioredis.Redis, streams: list[str], group: str) 
                 raise
 
 
-def _id_tuple(entry_id: bytes) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition(b"-")
-    return int(ms), int(seq or 0)
-
-
 class PositionReader:
     def __init__(
         self,
@@ -135,7 +130,7 @@ class PositionReader:
     async def _check_trimmed(self, stream: str, position: bytes) -> None:
         """Say so when the stream was trimmed past our position while we were away."""
         first: Any = await self._client.xrange(stream, count=1)
-        if first and _id_tuple(first[0][0]) > _id_tuple(position) and position != _START:
+        if first and entry_id(first[0][0]) > entry_id(position) and position != _START:
             log.warning(
                 "%s: candles after %s were trimmed before this consumer read them; "
                 "resuming at %s (raise STREAMER_KLINES_MAXLEN to keep more)",

@@ -44,6 +44,7 @@ from common.intervals import Interval
 from common.keys import Keys
 from common.redisconn import AnyRedis
 from common.sharding import shard_of
+from common.wire import entry_id
 from publish.consumers.bybit import interval_key
 from publish.consumers.topics import SeriesKey, Topic
 from publish.history import HistoryReader
@@ -85,11 +86,6 @@ class Revisioned(msgspec.Struct, gc=False):
 
 
 _revisioned = msgspec.json.Decoder(Revisioned)
-
-
-def entry_id(raw: bytes) -> EntryId:
-    ms, _, seq = raw.partition(b"-")
-    return int(ms), int(seq or 0)
 
 
 def check_request(since: int | None, history: int | None) -> str | None:
