@@ -98,6 +98,16 @@ nothing. One read per 50 ms takes what came meanwhile in one step: at 5,000 trad
 aggregator made ~600 reads a second for four shards on the simulator's 10 ms slots, and on a load
 spread like Bybit's (a message per trade time) it took over half a core, mostly per read.
 Not with in-progress updates (their snapshots follow stream time closely)."""
+HOLD_MS = 20
+"""Candles closed early (a trade of the next candle proved them complete) in the last HOLD_MS of
+stream time before the shard's next waiter deadline are written with that deadline's candles,
+not on their own (`_holding`; at most a quarter of the waiter latency). Each write of its own
+wakes every reader of the candle stream (publish, and through it the clients), and at 5,000
+trades/s the last of them still ran when the deadline's candles came: a deadline's candle delay
+p99 − waiter, alternating trials on the 2-core machine, 24 / 23 / 40 ms with them, 14 / 15 / 16
+ms held (docs/benchmarks.md). A held candle is delayed by at most this, and only the candles of
+symbols that traded again late in the waiter window, whose delay is close to the waiter latency
+then anyway; a symbol trading right after the boundary has its candle written at once."""
 _CLOCK_PREFIX = b'{"type":"clock"'  # how a clock entry's JSON begins (common.wire)
 STEP_RECORD_MS = 100  # at most one (stream time, id) per this much stream time
 
@@ -117,6 +127,17 @@ def _clock_entry(entry: Any) -> ClockEntry | None:
     except ValueError:
         return None  # the feeder reports it
     return decoded if isinstance(decoded, ClockEntry) else None
+
+
+def _last_clock(entries: list[Any]) -> tuple[int, ClockEntry | None]:
+    """The last clock entry of a read and its index; (0, None) when it holds none. At 5,000
+    trades/s the read that brings a deadline's clock entry often brings trades received after
+    it as well (a message a millisecond): the deadline's write goes out ahead all the same."""
+    for at in range(len(entries) - 1, -1, -1):
+        clock = _clock_entry(entries[at])
+        if clock is not None:
+            return at, clock
+    return 0, None
 
 
 def _entries(reply: Any) -> list[Any]:
@@ -191,6 +212,7 @@ class ShardAggregator:
         self._on_written = on_written
         self._together = together  # the deadline writes of the process's shards (together.py)
         self._rendered_for = -1  # the deadline whose candles were rendered ahead
+        self._hold_ms = min(HOLD_MS, config.waiter_latency_ms // 4)
 
     # ------------------------------------------------------------------ resume
 
@@ -326,7 +348,8 @@ class ShardAggregator:
         flight while the next step aggregates. The next write (or `drain`) waits for it first,
         so writes stay one at a time and in order, and its error surfaces there. Otherwise
         (no backlog) the step ends when its write is done, and then renders ahead the candles
-        of the coming waiter deadline (`_render_ahead`)."""
+        of the coming waiter deadline (`_render_ahead`). Candles closed in the last HOLD_MS
+        before that deadline stay pending for its write (`_holding`)."""
         prefetch, self._prefetch = self._prefetch, None
         if prefetch is not None:
             reply = await prefetch
@@ -335,16 +358,9 @@ class ShardAggregator:
         entries = _entries(reply)
         read = len(entries)
         if entries and read < self.batch and self._inflight is None:
-            clock = _clock_entry(entries[-1])
-            if clock is not None:
-                if read > 1:  # the entries before it go first, as the close would see them
-                    self.process(entries[:-1])
-                    self.last_id = entries[-2][0].decode()
-                    entries = entries[-1:]
-                ahead = self._deadline_write(clock, entries[0][0].decode())
-                if ahead is not None:
-                    await self._write_ahead(*ahead, entries)
-                    return read
+            entries = await self._at_clock(entries)
+            if not entries:
+                return read
         backlog = overlap and len(entries) >= self.batch
         if entries:
             last_id = entries[-1][0].decode()
@@ -354,7 +370,7 @@ class ShardAggregator:
             self.process(entries)
             self.last_id = last_id
         if (
-            self._pending
+            (self._pending and not self._holding())
             or (entries and time.monotonic() - self._last_write > 1.0)
             or (not entries and self.last_id != self._written_id)
             # a checkpoint of its own: a busy shard writes only around boundaries otherwise
@@ -378,7 +394,37 @@ class ShardAggregator:
         elif backlog and self._rendered_for >= 0:
             self._rendered_for = -1
             self._writer.prepare([])  # a backlog renders every candle: no lookups on the way
-        return len(entries)
+        return read
+
+    async def _at_clock(self, entries: list[Any]) -> list[Any]:
+        """A read (not a backlog) with a clock entry that reaches a waiter deadline whose
+        candles the core knows ahead: the entries before it are taken in first, as the close
+        would see them, the deadline's write goes out ahead of its close (`_write_ahead`), and
+        the entries after it (trades received after the deadline) are returned for the rest
+        of the step. Otherwise the entries the step still has to take in."""
+        at, clock = _last_clock(entries)
+        if clock is None:
+            return entries
+        if at > 0:
+            self.process(entries[:at])
+            self.last_id = entries[at - 1][0].decode()
+            entries = entries[at:]
+        ahead = self._deadline_write(clock, entries[0][0].decode())
+        if ahead is None:
+            return entries
+        await self._write_ahead(*ahead, entries[:1])
+        return entries[1:]
+
+    def _holding(self) -> bool:
+        """Whether the candles pending wait for the next waiter deadline's write (HOLD_MS): its
+        last HOLD_MS have begun in stream time. Not with in-progress updates (their snapshots
+        follow stream time closely). A stream that goes quiet meanwhile does not keep them:
+        a read that returns nothing writes what is pending (`step`)."""
+        deadlines = self.core.state.deadlines
+        if not deadlines or self.config.updates_ms:
+            return False
+        now_ms = self.core.state.now_ms
+        return deadlines[0] - self._hold_ms <= now_ms < deadlines[0]
 
     def _deadline_write(
         self, clock: ClockEntry, entry_id: str

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from aggregate import checkpoint
 from aggregate import shard as shard_module
 from aggregate.service import core_config
-from aggregate.shard import ShardAggregator
+from aggregate.shard import HOLD_MS, ShardAggregator
 from aggregate.state import CoreCandle
 from aggregate.together import DeadlineWrites
 from common.errors import LeaseLostError
@@ -628,6 +628,137 @@ def test_a_deadline_read_with_trades_before_it_writes_both_before_the_close(
         ]
         [(newest, _)] = replies.entries(await client.xrevrange(keys.trades(0), count=1))
         assert worker.last_id == newest.decode()
+        probe.close()
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_deadline_read_with_trades_after_it_still_writes_before_the_close(
+    redis_url: str,
+) -> None:
+    """The deadline's clock entry read together with a trade received after it (at 5,000
+    trades/s a deadline's read often brings one): the deadline's candles still go out ahead of
+    the close (they were closed first and written after), and the trade after it is taken in
+    after them: it opens AAA's next candle and closes nothing."""
+
+    async def scenario() -> None:
+        client = raw_client(redis_url)
+        probe = redis.Redis.from_url(redis_url)
+        keys = Keys("ahead3")
+        worker = await owned_worker(client, keys, 1000)
+        second = await _past_a_boundary(worker, client)
+        before = probe.xlen(keys.klines(0))
+        in_stream_at_close = _klines_at_close(worker, probe)
+        together = [
+            ClockEntry(second + 80),
+            TradesEntry("AAA", [Trade(second + 85, "10.8", "4", Side.BUY, "a4")]),
+        ]
+        for entry in together:
+            await client.xadd(keys.trades(0), {STREAM_FIELD: entry_encoder.encode(entry)})
+        assert await worker.step(block_ms=None, overlap=True) == 2
+        assert in_stream_at_close == [before + 2]  # the deadline's two, before its close
+        closed = [
+            candle_view_decoder.decode(fields[STREAM_FIELD])
+            for _, fields in replies.entries(await client.xrange(keys.klines(0)))
+        ][before:]
+        assert [(c.symbol, c.timestamp, str(c.close), c.trade_count) for c in closed] == [
+            ("AAA", second - 1000, "10.7", 1),
+            ("BBB", second - 1000, "20", 0),
+        ]
+        [(newest, _), (deadline, _)] = replies.entries(
+            await client.xrevrange(keys.trades(0), count=2)
+        )
+        assert worker.last_id == newest.decode()  # the trade after the deadline: read
+        assert worker._pending == []
+        raw_head = await client.hget(keys.state(0), checkpoint.HEAD)
+        assert isinstance(raw_head, bytes)  # the write covered the deadline's entry
+        assert checkpoint.head_decoder.decode(raw_head).last_id == deadline.decode()
+        probe.close()
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_candle_closed_early_just_before_its_deadline_is_written_with_it(
+    redis_url: str,
+) -> None:
+    """A candle closed early within the last HOLD_MS of stream time before the waiter deadline
+    (BBB trades again 65 ms past the boundary, the deadline at 80) waits for the deadline's
+    write and goes out in it; one closed earlier (30 ms past: stream time is 40 there) is
+    written at once."""
+
+    async def scenario() -> None:
+        client = raw_client(redis_url)
+        probe = redis.Redis.from_url(redis_url)
+        keys = Keys("held")
+        worker = await owned_worker(client, keys, 1000)
+        second = START_MS - START_MS % 1000
+        entries = [
+            TradesEntry("AAA", [Trade(second - 2500, "10.5", "1", Side.BUY, "a1")]),
+            TradesEntry("BBB", [Trade(second - 2400, "20", "1", Side.BUY, "b1")]),
+            TradesEntry("CCC", [Trade(second - 2300, "30", "1", Side.BUY, "c1")]),
+            TradesEntry("AAA", [Trade(second - 400, "10.7", "3", Side.BUY, "a3")]),
+            ClockEntry(second + 40),
+        ]
+        await _step_through(worker, client, entries)
+        assert HOLD_MS == 20
+        before = probe.xlen(keys.klines(0))
+        await _step_through(
+            worker, client, [TradesEntry("BBB", [Trade(second + 30, "21", "2", Side.SELL, "b2")])]
+        )
+        assert probe.xlen(keys.klines(0)) == before + 1  # BBB's candle: at once
+        await _step_through(
+            worker, client, [TradesEntry("AAA", [Trade(second + 65, "10.8", "4", Side.BUY, "a4")])]
+        )
+        assert probe.xlen(keys.klines(0)) == before + 1  # AAA's: held
+        held = [(c.symbol, c.open_ms) for c in worker._pending]
+        assert held == [("AAA", second - 1000)]
+        in_stream_at_close = _klines_at_close(worker, probe)
+        await _step_through(worker, client, [ClockEntry(second + 80)])
+        # Written ahead of the close, in one write with CCC's, which the deadline closes.
+        assert in_stream_at_close == [before + 3]
+        closed = [
+            candle_view_decoder.decode(fields[STREAM_FIELD])
+            for _, fields in replies.entries(await client.xrange(keys.klines(0)))
+        ][before:]
+        assert [(c.symbol, c.timestamp, str(c.close), c.trade_count) for c in closed] == [
+            ("BBB", second - 1000, "20", 0),
+            ("AAA", second - 1000, "10.7", 1),
+            ("CCC", second - 1000, "30", 0),
+        ]
+        ids = [entry_id for entry_id, _ in replies.entries(await client.xrange(keys.klines(0)))]
+        assert ids[-2].split(b"-")[0] == ids[-1].split(b"-")[0]  # AAA's and CCC's: one write
+        probe.close()
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_held_candle_is_written_when_the_stream_goes_quiet(redis_url: str) -> None:
+    """Held for its deadline, and then the stream has nothing more (ingest stopped): the next
+    read that comes back empty writes it."""
+
+    async def scenario() -> None:
+        client = raw_client(redis_url)
+        probe = redis.Redis.from_url(redis_url)
+        keys = Keys("quiet")
+        worker = await owned_worker(client, keys, 1000)
+        second = await _past_a_boundary(worker, client)
+        before = probe.xlen(keys.klines(0))
+        await _step_through(
+            worker, client, [TradesEntry("AAA", [Trade(second + 70, "10.8", "4", Side.BUY, "a4")])]
+        )
+        assert probe.xlen(keys.klines(0)) == before  # held
+        assert await worker.step(block_ms=1, overlap=True) == 0
+        [(_, fields)] = replies.entries(await client.xrange(keys.klines(0)))[before:]
+        candle = candle_view_decoder.decode(fields[STREAM_FIELD])
+        assert (candle.symbol, candle.timestamp, str(candle.close)) == (
+            "AAA",
+            second - 1000,
+            "10.7",
+        )
+        assert worker._pending == []
         probe.close()
         await client.aclose()
 
