@@ -385,15 +385,17 @@ class CandleCore(LateTrades):
         the boundary from which that would differ (the next end that would close), or 0 when
         the close is not of the kind previewed (what it appended then is incomplete)."""
         # The statistics each level will hold when it closes: its own, with the candle of the
-        # level before folded in (`_close` folds it first, when it had trades).
+        # level before folded in (`_close` folds it first, when it had trades). A partial
+        # candle (a symbol's first, begun before its first trade) is not shown, but its trades
+        # fold into the next level all the same.
         cnt = vol = turn = buy = hi = lo = fp = lp = 0
         until = NEVER
         for k, lv in enumerate(sym.levels):
             if lv.end_ms > boundary:
                 return lv.end_ms if lv.end_ms < until else until
             following = self.plan[k].next_open(lv.end_ms)
-            if lv.partial or following <= boundary:
-                return 0  # not shown, or more than one candle of it closes: left to the close
+            if following <= boundary:
+                return 0  # more than one candle of it closes: left to the close
             if following < until:
                 until = following
             if not cnt:
@@ -402,6 +404,8 @@ class CandleCore(LateTrades):
             elif lv.cnt:
                 cnt, vol, turn, buy = cnt + lv.cnt, vol + lv.vol, turn + lv.turn, buy + lv.buy
                 fp, hi, lo = lv.fp, max(hi, lv.hi), min(lo, lv.lo)
+            if lv.partial:
+                continue
             prev = lv.prev_close
             visible, o = self._visible[k], lv.open_ms
             if not cnt:

@@ -116,15 +116,10 @@ def test_a_symbol_that_traded_past_its_end_closed_early_and_is_not_in_the_deadli
     assert core.take() == ahead
 
 
-def test_a_gap_a_first_candle_or_a_second_deadline_are_left_to_the_close() -> None:
+def test_a_gap_or_a_second_deadline_are_left_to_the_close() -> None:
     core, minute = _minute_core(_config("1s,1m", True, True))
     core.previews()
     core.gap(["AAA"], minute - 500, minute - 450)  # AAA's candles close flagged: not previewed
-    assert core.closes_at(minute + LATENCY_MS) is None
-
-    core, minute = _minute_core(_config("1s,1m", True, True))
-    _trade(core, "NEW", minute - 300, 50, "NEW-0")  # a first, partial candle: not shown
-    core.previews()
     assert core.closes_at(minute + LATENCY_MS) is None
 
     core, minute = _minute_core(_config("1s,1m", True, True))
@@ -163,3 +158,34 @@ def test_gap_entries_in_a_stream_drop_every_kept_preview() -> None:
     assert core.closes_at(minute + LATENCY_MS) is None
     core.clock(minute + LATENCY_MS)
     assert any(c.gap for c in core.take() if c.symbol == "BBB")
+
+
+def test_a_first_partial_candle_is_known_ahead_as_not_shown() -> None:
+    """A symbol's first candles are partial (begun before its first trade) and not shown, but
+    their trades fold into the next level: the deadline is known ahead all the same, without
+    them. NEW's first trade 300 ms before the minute: its 1s and 1m candles close partial; at
+    the next minute its 1m candle, which holds that trade, is shown."""
+    core, minute = _minute_core(_config("1s,1m", True, True))
+    _trade(core, "NEW", minute - 300, 50, "NEW-0")
+    core.previews()
+    ahead = core.closes_at(minute + LATENCY_MS)
+    assert ahead is not None
+    assert [(c.symbol, c.interval) for c in ahead] == [
+        (s, k) for s in ("AAA", "BBB", "CCC") for k in (0, 1)
+    ]
+    core.clock(minute + LATENCY_MS)
+    assert core.take() == ahead
+    # NEW trades again in the next minute's last second; that minute's candles show it.
+    _trade(core, "NEW", minute + 59_500, 52, "NEW-1")
+    core.clock(minute + 60_000 + LATENCY_MS // 2)
+    core.take()
+    core.previews()
+    ahead = core.closes_at(minute + 60_000 + LATENCY_MS)
+    assert ahead is not None
+    new_minute = [c for c in ahead if (c.symbol, c.interval) == ("NEW", 1)]
+    # Bybit's open: the previous close, 50 (the partial candle's); then 52.
+    assert [(c.open, c.high, c.low, c.close, c.trade_count) for c in new_minute] == [
+        (50 * ONE, 52 * ONE, 50 * ONE, 52 * ONE, 1)
+    ]
+    core.clock(minute + 60_000 + LATENCY_MS)
+    assert core.take() == ahead
