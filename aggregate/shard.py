@@ -103,11 +103,12 @@ HOLD_MS = 20
 stream time before the shard's next waiter deadline are written with that deadline's candles,
 not on their own (`_holding`; at most a quarter of the waiter latency). Each write of its own
 wakes every reader of the candle stream (publish, and through it the clients), and at 5,000
-trades/s the last of them still ran when the deadline's candles came: a deadline's candle delay
-p99 − waiter, alternating trials on the 2-core machine, 24 / 23 / 40 ms with them, 14 / 15 / 16
-ms held (docs/benchmarks.md). A held candle is delayed by at most this, and only the candles of
-symbols that traded again late in the waiter window, whose delay is close to the waiter latency
-then anyway; a symbol trading right after the boundary has its candle written at once."""
+trades/s the last of them still ran when the deadline's candles came: candle delay p99 − waiter
+in alternating trials on the 2-core machine, 24 / 23 / 40 and 22 / 20 / 25 ms before, 14 / 15 / 16
+and 16 / 9 / 19 ms with them held (and `_at_clock`; docs/benchmarks.md, 2026-12-07). A held
+candle is delayed by at most this, and only the candles of symbols that traded again late in the
+waiter window, whose delay is close to the waiter latency then anyway; a symbol trading right
+after the boundary has its candle written at once."""
 _CLOCK_PREFIX = b'{"type":"clock"'  # how a clock entry's JSON begins (common.wire)
 STEP_RECORD_MS = 100  # at most one (stream time, id) per this much stream time
 
