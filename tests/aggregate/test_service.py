@@ -27,6 +27,7 @@ from common.keys import Keys
 from common.settings import AggregateSettings
 from common.wire import (
     STREAM_FIELD,
+    CandleView,
     ClockEntry,
     GapEntry,
     Side,
@@ -497,14 +498,18 @@ def test_a_deadline_write_goes_out_before_the_core_closes_its_candles(redis_url:
     asyncio.run(scenario())
 
 
-async def _past_a_boundary(worker: ShardAggregator, client: aioredis.Redis) -> int:
-    """AAA and BBB past their first (partial) candles, each step read, up to 40 ms past the
-    boundary `second` (returned): their 1s candles [-1 s, 0) are previewed, their waiter
-    deadline is `second` + 80."""
+async def _past_a_boundary(
+    worker: ShardAggregator, client: aioredis.Redis, others: tuple[str, ...] = ("BBB",)
+) -> int:
+    """AAA and `others` (BBB at 20, CCC at 30) past their first (partial) candles, each step
+    read, up to 40 ms past the boundary `second` (returned): their 1s candles [-1 s, 0) are
+    previewed, their waiter deadline is `second` + 80."""
     second = START_MS - START_MS % 1000
-    entries = [
-        TradesEntry("AAA", [Trade(second - 2500, "10.5", "1", Side.BUY, "a1")]),
-        TradesEntry("BBB", [Trade(second - 2400, "20", "1", Side.BUY, "b1")]),
+    entries: list[Any] = [TradesEntry("AAA", [Trade(second - 2500, "10.5", "1", Side.BUY, "a1")])]
+    for k, symbol in enumerate(others):
+        trade = Trade(second - 2400 + 100 * k, str(20 + 10 * k), "1", Side.BUY, f"{symbol[0]}1")
+        entries.append(TradesEntry(symbol, [trade]))
+    entries += [
         TradesEntry("AAA", [Trade(second - 400, "10.7", "3", Side.BUY, "a3")]),
         ClockEntry(second + 40),
     ]
@@ -594,6 +599,25 @@ def test_a_resume_stores_the_candles_a_deadline_left_unstored(redis_url: str) ->
     asyncio.run(scenario())
 
 
+async def _read_with_the_deadline(
+    worker: ShardAggregator, probe: redis.Redis, entries: list[Any]
+) -> tuple[list[int], list[CandleView]]:
+    """`entries` written to the trade stream and taken in by one step: how many candles the
+    candle stream held when the core closed the deadline, beyond those before, and the
+    candles written by the step."""
+    client, stream = worker.redis, worker.keys.trades(worker.shard)
+    before = probe.xlen(worker.keys.klines(0))
+    in_stream_at_close = _klines_at_close(worker, probe)
+    for entry in entries:
+        await client.xadd(stream, {STREAM_FIELD: entry_encoder.encode(entry)})
+    assert await worker.step(block_ms=None, overlap=True) == len(entries)
+    closed = [
+        candle_view_decoder.decode(fields[STREAM_FIELD])
+        for _, fields in replies.entries(await client.xrange(worker.keys.klines(0)))
+    ][before:]
+    return [n - before for n in in_stream_at_close], closed
+
+
 def test_a_deadline_read_with_trades_before_it_writes_both_before_the_close(
     redis_url: str,
 ) -> None:
@@ -608,20 +632,15 @@ def test_a_deadline_read_with_trades_before_it_writes_both_before_the_close(
         keys = Keys("ahead2")
         worker = await owned_worker(client, keys, 1000)
         second = await _past_a_boundary(worker, client)
-        before = probe.xlen(keys.klines(0))
-        in_stream_at_close = _klines_at_close(worker, probe)
-        together = [
-            TradesEntry("BBB", [Trade(second + 50, "21", "2", Side.SELL, "b2")]),
-            ClockEntry(second + 80),
-        ]
-        for entry in together:
-            await client.xadd(keys.trades(0), {STREAM_FIELD: entry_encoder.encode(entry)})
-        assert await worker.step(block_ms=None, overlap=True) == 2
-        assert in_stream_at_close == [before + 2]
-        closed = [
-            candle_view_decoder.decode(fields[STREAM_FIELD])
-            for _, fields in replies.entries(await client.xrange(keys.klines(0)))
-        ][before:]
+        in_stream_at_close, closed = await _read_with_the_deadline(
+            worker,
+            probe,
+            [
+                TradesEntry("BBB", [Trade(second + 50, "21", "2", Side.SELL, "b2")]),
+                ClockEntry(second + 80),
+            ],
+        )
+        assert in_stream_at_close == [2]
         assert [(c.symbol, c.timestamp, str(c.close), c.trade_count) for c in closed] == [
             ("BBB", second - 1000, "20", 0),
             ("AAA", second - 1000, "10.7", 1),
@@ -648,20 +667,15 @@ def test_a_deadline_read_with_trades_after_it_still_writes_before_the_close(
         keys = Keys("ahead3")
         worker = await owned_worker(client, keys, 1000)
         second = await _past_a_boundary(worker, client)
-        before = probe.xlen(keys.klines(0))
-        in_stream_at_close = _klines_at_close(worker, probe)
-        together = [
-            ClockEntry(second + 80),
-            TradesEntry("AAA", [Trade(second + 85, "10.8", "4", Side.BUY, "a4")]),
-        ]
-        for entry in together:
-            await client.xadd(keys.trades(0), {STREAM_FIELD: entry_encoder.encode(entry)})
-        assert await worker.step(block_ms=None, overlap=True) == 2
-        assert in_stream_at_close == [before + 2]  # the deadline's two, before its close
-        closed = [
-            candle_view_decoder.decode(fields[STREAM_FIELD])
-            for _, fields in replies.entries(await client.xrange(keys.klines(0)))
-        ][before:]
+        in_stream_at_close, closed = await _read_with_the_deadline(
+            worker,
+            probe,
+            [
+                ClockEntry(second + 80),
+                TradesEntry("AAA", [Trade(second + 85, "10.8", "4", Side.BUY, "a4")]),
+            ],
+        )
+        assert in_stream_at_close == [2]  # the deadline's two, before its close
         assert [(c.symbol, c.timestamp, str(c.close), c.trade_count) for c in closed] == [
             ("AAA", second - 1000, "10.7", 1),
             ("BBB", second - 1000, "20", 0),
@@ -684,24 +698,16 @@ def test_a_candle_closed_early_just_before_its_deadline_is_written_with_it(
     redis_url: str,
 ) -> None:
     """A candle closed early within the last HOLD_MS of stream time before the waiter deadline
-    (BBB trades again 65 ms past the boundary, the deadline at 80) waits for the deadline's
-    write and goes out in it; one closed earlier (30 ms past: stream time is 40 there) is
-    written at once."""
+    (AAA trades again 65 ms past the boundary, the deadline at 80) waits for the deadline's
+    write and goes out in it, with CCC's, which the deadline closes; one closed earlier (BBB,
+    30 ms past: stream time is 40 there) is written at once."""
 
     async def scenario() -> None:
         client = raw_client(redis_url)
         probe = redis.Redis.from_url(redis_url)
         keys = Keys("held")
         worker = await owned_worker(client, keys, 1000)
-        second = START_MS - START_MS % 1000
-        entries = [
-            TradesEntry("AAA", [Trade(second - 2500, "10.5", "1", Side.BUY, "a1")]),
-            TradesEntry("BBB", [Trade(second - 2400, "20", "1", Side.BUY, "b1")]),
-            TradesEntry("CCC", [Trade(second - 2300, "30", "1", Side.BUY, "c1")]),
-            TradesEntry("AAA", [Trade(second - 400, "10.7", "3", Side.BUY, "a3")]),
-            ClockEntry(second + 40),
-        ]
-        await _step_through(worker, client, entries)
+        second = await _past_a_boundary(worker, client, ("BBB", "CCC"))
         assert HOLD_MS == 20
         before = probe.xlen(keys.klines(0))
         await _step_through(
