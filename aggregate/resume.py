@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from aggregate.candles import CandleCore
 from common.sharding import shard_of
-from common.wire import ClockEntry, GapEntry, SymbolsEntry, TradesEntry, entry_decoder
+from common.wire import ClockEntry, GapEntry, SymbolsEntry, TradesEntry, entry_decoder, entry_id
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +28,6 @@ log = logging.getLogger(__name__)
 class Trimmed(NamedTuple):
     seen: str  # the stream id that shows the loss (first entry left, or a deleted one)
     to_ms: int  # the lost window's end in stream time
-
-
-def stream_id(text: str) -> tuple[int, int]:
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _text(value: Any) -> str:
@@ -47,16 +42,16 @@ async def trimmed_after(redis: aioredis.Redis, stream: str, position: str) -> Tr
     if isinstance(info, list):  # RESP2: [name, value, ...]
         info = dict(zip(info[::2], info[1::2], strict=True))
     fields = {_text(k): v for k, v in info.items()}
-    at = stream_id(position)
+    at = entry_id(position)
     first = fields.get("first-entry")
-    if first and stream_id(_text(first[0])) > at:  # trimmed past the position
+    if first and entry_id(first[0]) > at:  # trimmed past the position
         return Trimmed(_text(first[0]), await _first_time(redis, stream, _text(first[0])))
     deleted = _text(fields.get("max-deleted-entry-id") or "0-0")
-    if stream_id(deleted) > at:  # XDEL after the position
+    if entry_id(deleted) > at:  # XDEL after the position
         return Trimmed(deleted, await _first_time(redis, stream, f"({deleted}"))
     generated = _text(fields.get("last-generated-id") or "0-0")
-    if not first and stream_id(generated) > at:  # emptied after the position
-        return Trimmed(generated, stream_id(generated)[0])
+    if not first and entry_id(generated) > at:  # emptied after the position
+        return Trimmed(generated, entry_id(generated)[0])
     return None
 
 
@@ -65,18 +60,18 @@ async def _first_time(redis: aioredis.Redis, stream: str, start: str) -> int:
     ingest's ids are its wall clock, as its clock entries are)."""
     rows: Any = await redis.xrange(stream, min=start, max="+", count=1)
     if not rows:
-        return stream_id(start.lstrip("("))[0]
+        return entry_id(start.lstrip("("))[0]
     try:
         entry = entry_decoder.decode(rows[0][1][b"data"])
     except (ValueError, KeyError):
-        return stream_id(_text(rows[0][0]))[0]
+        return entry_id(rows[0][0])[0]
     if isinstance(entry, TradesEntry):
         return max([entry.received_ms, *(t.time_ms for t in entry.trades)])
     if isinstance(entry, ClockEntry | SymbolsEntry):
         return entry.time_ms
     if isinstance(entry, GapEntry):
         return entry.to_ms
-    return stream_id(_text(rows[0][0]))[0]
+    return entry_id(rows[0][0])[0]
 
 
 async def flag_trimmed(

@@ -108,9 +108,10 @@ STREAM_FIELD = b"data"
 """The one field of every stream entry this project writes."""
 
 
-def entry_id(raw: bytes) -> tuple[int, int]:
-    """A stream entry id (`<ms>-<seq>`) as a tuple that orders as Redis orders ids."""
-    ms, _, seq = raw.partition(b"-")
+def entry_id(raw: bytes | str) -> tuple[int, int]:
+    """A stream entry id (`<ms>-<seq>`, as Redis replies it or as text) as a tuple that orders
+    as Redis orders ids."""
+    ms, _, seq = (raw.encode() if isinstance(raw, str) else raw).partition(b"-")
     return int(ms), int(seq or 0)
 
 

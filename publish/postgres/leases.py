@@ -27,6 +27,7 @@ from psycopg import sql
 from common.backoff import backoff
 from common.keys import Keys
 from common.wire import STREAM_FIELD
+from common.wire import entry_id as _id  # the module names its ids entry_id
 from publish.batch import CandleBatch
 from publish.postgres.outage import Outage
 from publish.postgres.schema import Tables, ensure_tables
@@ -229,7 +230,7 @@ class ShardLeases:
 
     async def _warn_if_trimmed(self, stream: str, position: str) -> None:
         first: Any = await self._client.xrange(stream, count=1)
-        if first and position != START and _id(first[0][0].decode()) > _id(position):
+        if first and position != START and _id(first[0][0]) > _id(position):
             log.warning(
                 "%s: candles after %s were trimmed before they reached PostgreSQL; resuming at "
                 "%s (raise STREAMER_KLINES_MAXLEN to keep more)",
@@ -272,8 +273,3 @@ def _as_sent_to_batch(reply: Any, shard_of_key: dict[bytes, int]) -> CandleBatch
         by_shard[shard] = data
         raws += data
     return CandleBatch(raws, ids, by_shard) if any(ids.values()) else None
-
-
-def _id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)

@@ -38,7 +38,7 @@ from common.history import UNSTORED, SeriesHead, member_rank
 from common.intervals import Interval
 from common.keys import Keys
 from common.redisconn import AnyRedis
-from common.wire import CandleView, candle_view_decoder
+from common.wire import CandleView, candle_view_decoder, entry_id
 
 log = logging.getLogger("streamer.client")
 
@@ -104,10 +104,9 @@ async def _head_stored(redis: AnyRedis, state: str, stream: str) -> bytes:
     mark: Any = await redis.hget(state, UNSTORED)
     if mark is None:
         return first
-    ms, _, seq = bytes(mark).partition(b"-")
-    before = (int(ms), int(seq) - 1) if int(seq) else (int(ms) - 1, 2**64 - 1)
-    at_head = tuple(int(part) for part in first.split(b"-"))
-    return first if at_head < before else b"%d-%d" % before
+    ms, seq = entry_id(bytes(mark))
+    before = (ms, seq - 1) if seq else (ms - 1, 2**64 - 1)
+    return first if entry_id(first) < before else b"%d-%d" % before
 
 
 def _name(raw: bytes | str) -> str:

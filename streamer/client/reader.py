@@ -46,6 +46,7 @@ from common.logs import RateLimitedLog
 from common.redisconn import AnyRedis
 from common.rediserrors import REDIS_DOWN
 from common.wire import STREAM_FIELD, CandleView, candle_view_decoder
+from common.wire import entry_id as _id  # the module names its ids entry_id
 from streamer.client.fill import Fill, read_fill
 
 log = logging.getLogger("streamer.client")
@@ -396,9 +397,3 @@ def _interval_of(label: str, length_ms: int) -> Interval:
 
 def _series_time(candle: CandleView) -> SeriesTime:
     return (candle.symbol, candle.interval_label or str(candle.interval), candle.timestamp)
-
-
-def _id(entry_id: bytes | str) -> tuple[int, int]:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
