@@ -180,6 +180,7 @@ class IngestShards:
             # joins the buffer, behind its older messages. From the take to the last buffered
             # message queued nothing awaits, so a symbol's trades reach the stream in order.
             await self._seed_since(shard, oldest_ms - SEED_MARGIN_MS)
+        acked = self.standby is not None and shard in self.standby.watched()
         buffered = self.standby.take(shard, last_ms) if self.standby is not None else None
         for symbol in symbols:
             self._watched.pop(symbol, None)
@@ -194,6 +195,19 @@ class IngestShards:
                 self.writer.put_gap(shard, missed_symbols, missed_from, missed_to, "reconnect")
             for received_ms, message in messages:
                 self.on_trades(message, received_ms)
+            if not acked:
+                # A new stream (Standby.take) taken while our subscriptions are still unacked,
+                # as when two replicas start together: what we hold is written, but the clock
+                # entries ("everything received is in the stream") wait for the acks, as a cold
+                # start's do. Served at once, the stream claimed the trades sent before them,
+                # which only the other replica had received.
+                await self.pool.add(symbols)
+                self._tasks.spawn(
+                    self._open_shard(shard, symbols, last_ms), name=f"open-shard-{shard}"
+                )
+                log.info("shard %d: taken while subscribing (%d buffered messages)", shard,
+                         len(messages))  # fmt: skip
+                return
             self.writer.ready.add(shard)
             await self.pool.add(symbols)  # listings added since we began watching
             log.info(

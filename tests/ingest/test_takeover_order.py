@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from common.keys import Keys
 from common.lifecycle import TaskSet
-from common.wire import Side, Trade, TradesEntry, entry_decoder
+from common.wire import ClockEntry, GapEntry, Side, Trade, TradesEntry, entry_decoder
 from ingest.bybit.messages import TradeMessage
 from ingest.shards import IngestShards
 from ingest.standby import Standby
@@ -119,3 +119,58 @@ async def test_buffered_trades_go_before_those_arriving_during_the_takeover(
 
 async def _two(written: Any) -> bool:
     return len(await written()) == 2
+
+
+class SlowExchange(Exchange):
+    """Acks subscriptions only once `acked` is set."""
+
+    def __init__(self) -> None:
+        self.acked = asyncio.Event()
+
+    async def wait_subscribed(self, symbols: list[str], timeout_s: float) -> bool:
+        await asyncio.wait_for(self.acked.wait(), timeout_s)
+        return True
+
+
+async def test_a_new_stream_taken_before_its_standby_is_acked_claims_nothing_until_then(
+    redis_url: str,
+) -> None:
+    """Two replicas started together: one takes a shard whose stream is new while its standby
+    subscriptions are still unacked (the other replica, subscribed earlier, got the trades sent
+    meanwhile). Found by the hot-standby kill test: the shard was served "from standby" at once,
+    its clock entries said everything was in the stream while trades sent before the acks were
+    in no stream and under no gap. What it received is written; the clock waits for the acks,
+    as a cold start's does."""
+    client = aioredis.Redis.from_url(redis_url)
+    tasks, stop = TaskSet(), asyncio.Event()
+    exchange = SlowExchange()
+    try:
+        shards = await standby_shards(client, tasks, stop, TOKEN, exchange)
+        await shards._watch(0)  # subscribing, not acked
+        shards.on_trades(message(START_MS, "early"), START_MS + 5)  # one ack came: buffered
+        await shards.start_shard(0)  # the stream is new: nothing to take over from
+
+        async def entries() -> list[object]:
+            rows = replies.entries(await client.xrange(KEYS.trades(0)))
+            return [entry_decoder.decode(fields[b"data"]) for _, fields in rows]
+
+        async def early_written() -> bool:
+            return any(isinstance(e, TradesEntry) for e in await entries())
+
+        await async_wait_until(early_written, 10, "the buffered trade written")
+        assert 0 not in shards.writer.ready
+        assert not [e for e in await entries() if isinstance(e, ClockEntry)]
+        exchange.acked.set()
+
+        async def clocked() -> bool:
+            return any(isinstance(e, ClockEntry) for e in await entries())
+
+        await async_wait_until(clocked, 10, "clock entries once the subscriptions are acked")
+        got = await entries()
+        trades = [t.trade_id for e in got if isinstance(e, TradesEntry) for t in e.trades]
+        assert trades == ["early"]
+        assert not [e for e in got if isinstance(e, GapEntry)]  # a new stream: no unowned time
+    finally:
+        stop.set()
+        await tasks.cancel_all()
+        await client.aclose()
