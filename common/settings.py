@@ -212,7 +212,7 @@ class IngestSettings(CommonSettings):
     clock_interval_ms: int = Field(default=20, ge=1, le=10_000)
     ingest_buffer_max: int = Field(default=200_000, ge=100, le=_BIG)
     ingest_batch_max: int = Field(default=1000, ge=1, le=100_000)
-    ingest_gather_ms: int = Field(default=0, ge=0, le=1000)
+    ingest_gather_ms: int = Field(default=3, ge=0, le=1000)
     ingest_standby_s: float = Field(default=0.0, ge=0, le=600)
     history_backfill: int = Field(default=0, ge=0, le=100_000)
     repair_enabled: bool = True
