@@ -89,6 +89,11 @@ class Connection:
         self.settled = asyncio.Event()
         self._session_ok = False
         self._lag_ms = 0
+        # The longest delay (receive − trade time) of a message's oldest trade, over this second
+        # and the one before (received time // 1000): where a disconnect's gap starts.
+        self._delay_second = 0
+        self._delay_now = 0
+        self._delay_before = 0
         self._acks: dict[str, asyncio.Future[None]] = {}
 
     @property
@@ -254,9 +259,12 @@ class Connection:
         if self._ws is not None:
             metrics.CONNECTIONS.inc(-1)
             if self._gap_from_ms is None and self.last_rx_ms:
-                # Trades built after the last frame's exchange time may be lost: start the gap
-                # there (receive time minus the delay seen on the last push), in trade time.
-                lag_ms = min(max(self._lag_ms, 0), MAX_LAG_MS)
+                # A message lost in the drop may hold trades as old as the oldest of those sent
+                # with the last ones received (Bybit's messages of one moment span its batching
+                # time, across symbols): the gap starts the longest such delay seen in the last
+                # second or two before the last receive, in trade time. From the last push's own
+                # `ts`, a lost message's older trades fell before the gap, unflagged.
+                lag_ms = min(max(self._delay_now, self._delay_before, 0), MAX_LAG_MS)
                 self._gap_from_ms = self.last_rx_ms - lag_ms
         self._ws = None
         self.subscribed.clear()
@@ -314,10 +322,21 @@ class Connection:
                 continue
             if isinstance(message, TradeMessage):
                 self._lag_ms = received_ms - message.exchange_ms
-                if message.trades:
+                trades = message.trades
+                if trades:
+                    self._note_delay(received_ms, trades[0].time_ms, trades[-1].time_ms)
                     on_trades(message, received_ms)
             else:
                 self._on_reply(message)
+
+    def _note_delay(self, received_ms: int, first_ms: int, last_ms: int) -> None:
+        second = received_ms // 1000
+        if second != self._delay_second:
+            recent = second == self._delay_second + 1
+            self._delay_before = self._delay_now if recent else 0
+            self._delay_now = 0
+            self._delay_second = second
+        self._delay_now = max(self._delay_now, received_ms - min(first_ms, last_ms))
 
     async def _keep_alive(self, ws: ClientConnection) -> None:
         tick_s = min(1.0, self._dead_after_s / 4, self._ping_interval_s)
