@@ -195,28 +195,23 @@ class IngestShards:
                 self.writer.put_gap(shard, missed_symbols, missed_from, missed_to, "reconnect")
             for received_ms, message in messages:
                 self.on_trades(message, received_ms)
-            if not acked:
-                # A new stream (Standby.take) taken while our subscriptions are still unacked,
-                # as when two replicas start together: what we hold is written, but the clock
-                # entries ("everything received is in the stream") wait for the acks, as a cold
-                # start's do. Served at once, the stream claimed the trades sent before them,
-                # which only the other replica had received.
-                await self.pool.add(symbols)
-                self._tasks.spawn(
-                    self._open_shard(shard, symbols, last_ms), name=f"open-shard-{shard}"
+            if acked:
+                self.writer.ready.add(shard)
+                await self.pool.add(symbols)  # listings added since we began watching
+                log.info(
+                    "shard %d: taken over from standby (%d buffered messages, %d own reconnects)",
+                    shard,
+                    len(messages),
+                    len(missed),
                 )
-                log.info("shard %d: taken while subscribing (%d buffered messages)", shard,
-                         len(messages))  # fmt: skip
                 return
-            self.writer.ready.add(shard)
-            await self.pool.add(symbols)  # listings added since we began watching
-            log.info(
-                "shard %d: taken over from standby (%d buffered messages, %d own reconnects)",
-                shard,
-                len(messages),
-                len(missed),
-            )
-            return
+            # A new stream (Standby.take) taken while our subscriptions are still unacked, as
+            # when two replicas start together: what we hold is written, but the clock entries
+            # ("everything received is in the stream") wait for the acks, as a cold start's do.
+            # Served at once, the stream claimed the trades sent before them, which only the
+            # other replica had received.
+            log.info("shard %d: taken while subscribing (%d buffered messages)", shard,
+                     len(messages))  # fmt: skip
         await self.pool.add(symbols)
         self._tasks.spawn(self._open_shard(shard, symbols, last_ms), name=f"open-shard-{shard}")
 
