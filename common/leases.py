@@ -10,6 +10,7 @@ replicas join. Every write a stage makes for a shard goes through a script that 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -77,7 +78,10 @@ def new_token(stage: str) -> str:
 class ShardWorkers(Protocol):
     """What a stage runs per owned shard."""
 
-    async def start_shard(self, shard: int) -> None: ...
+    async def start_shard(self, shard: int) -> None:
+        """Serve the shard from now on. A `RedisError` (Redis failed under it) must come
+        before anything changed: the claimer then lets the lease go, and the shard is claimed
+        and started again later."""
 
     async def stop_shard(self, shard: int, *, graceful: bool) -> None: ...
 
@@ -172,7 +176,22 @@ class ShardClaimer:
                 self.owned[shard] = time.monotonic()
                 self.changes += 1
                 log.info("shard %d acquired by %s", shard, self.token)
-                await self._workers.start_shard(shard)
+                await self._start(shard)
+
+    async def _start(self, shard: int) -> None:
+        """The worker's start; if Redis failed under it, the lease goes at once (released, or
+        expiring if Redis is gone), so that this replica or another claims the shard again.
+        Kept, it was renewed for a shard nobody served: ingest's takeover read of the stream
+        failed, and the shard's trades went nowhere until the process restarted."""
+        try:
+            await self._workers.start_shard(shard)
+        except RedisError as exc:
+            log.warning("shard %d: could not start (%r); letting the lease go", shard, exc)
+            self.owned.pop(shard, None)
+            self.changes += 1
+            with contextlib.suppress(RedisError):
+                await self._release(keys=[self._keys.lease(self._stage, shard)], args=[self.token])
+            raise
 
     def _candidates(self) -> list[int]:
         if self._fixed is not None:

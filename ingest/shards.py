@@ -56,15 +56,14 @@ async def read_tail(
     message, and of the messages sent together with it, span up to the exchange's batching
     time, so an unwritten message can hold a trade older than the newest written one's first
     (a kill -9 then lost it outside the gap, unflagged).
+
+    A failed read raises (`RedisError`): taken for a new stream, the takeover wrote no unowned
+    gap and its duplicate filter knew none of the trades written.
     """
     last_ms = 0
     ids: dict[str, list[str]] = {}
     delays: list[tuple[int, int]] = []  # (received, its oldest trade's delay) per trades entry
-    try:
-        rows = await redis.xrevrange(stream, count=count) or []
-    except RedisError as exc:
-        log.warning("could not read the tail of %s: %r", stream, exc)
-        return last_ms, ids
+    rows = await redis.xrevrange(stream, count=count) or []
     for _, fields in reversed(rows):
         raw = fields.get(b"data") if fields else None
         if raw is None:
@@ -149,30 +148,34 @@ class IngestShards:
     # -- ShardWorkers ------------------------------------------------------------------------------
 
     async def start_shard(self, shard: int) -> None:
-        if self._orphaned.pop(shard, None) is not None:
+        """Serve the shard: after a Redis outage (kept or not), from standby (warm) or cold.
+        Its reads of the stream come before anything changes: one that fails raises, and the
+        claimer lets the lease go and claims the shard again (common.leases)."""
+        if shard in self._orphaned:
             if not await self._written_by_another(shard):
                 # Kept through a Redis outage and got back: what was buffered goes out in
                 # order, so there is no unowned window to report.
+                self._orphaned.pop(shard, None)
+                self._orphaned_at_ms.pop(shard, None)
                 self.writer.ready.add(shard)
                 log.info(
                     "shard %d: lease back after the Redis outage, buffered trades follow", shard
                 )
                 return
             # Another replica served the shard after the outage (from its standby, or with a
-            # gap entry): our buffer would write its trades twice.
+            # gap entry): our buffer would write its trades twice. Disowned until it is taken
+            # up below, from the stream (what arrives meanwhile falls inside its unowned gap).
+            self._orphaned.pop(shard, None)
+            self._orphaned_at_ms.pop(shard, None)
             dropped = self.writer.discard(shard)
+            self._disown(shard)
             if self.repairer is not None:
-                self.repairer.forget(shard)  # taken up again below, from the stream
+                self.repairer.forget(shard)
             log.warning("shard %d: served by another replica meanwhile; %d buffered entries "
                         "dropped", shard, dropped)  # fmt: skip
-        self._handed_over.pop(shard, None)
-        symbols = self._symbols_of(shard)
-        # First in line, before any trade of ours: the series of symbols no longer in this
-        # shard (the shard count or the symbol list changed) end here for the aggregator.
-        self.writer.put_symbols(shard, symbols)
         last_ms, ids = await read_tail(self._redis, self._keys.trades(shard))
         for symbol, trade_ids in ids.items():
-            self.dedup.seed(symbol, trade_ids)
+            self.dedup.seed(symbol, trade_ids)  # written trades: a retry seeds them again
         oldest_ms = self.standby.oldest_ms(shard) if self.standby is not None else None
         if oldest_ms is not None:
             # The ids the previous owner wrote over the buffer's whole span go into the
@@ -180,6 +183,11 @@ class IngestShards:
             # joins the buffer, behind its older messages. From the take to the last buffered
             # message queued nothing awaits, so a symbol's trades reach the stream in order.
             await self._seed_since(shard, oldest_ms - SEED_MARGIN_MS)
+        self._handed_over.pop(shard, None)
+        symbols = self._symbols_of(shard)
+        # First in line, before any trade of ours: the series of symbols no longer in this
+        # shard (the shard count or the symbol list changed) end here for the aggregator.
+        self.writer.put_symbols(shard, symbols)
         acked = self.standby is not None and shard in self.standby.watched()
         buffered = self.standby.take(shard, last_ms) if self.standby is not None else None
         for symbol in symbols:
@@ -240,7 +248,7 @@ class IngestShards:
 
     async def _written_by_another(self, shard: int) -> bool:
         """Whether the shard's stream has entries newer than this replica's outage began."""
-        since_ms = self._orphaned_at_ms.pop(shard, 0)
+        since_ms = self._orphaned_at_ms.get(shard, 0)
         newest: Any = await self._redis.xrevrange(self._keys.trades(shard), count=1)
         return bool(newest) and int(newest[0][0].split(b"-")[0]) > since_ms
 
@@ -256,6 +264,12 @@ class IngestShards:
             if len(rows) < SEED_BATCH:
                 return
             start = "(" + rows[-1][0].decode()
+
+    def _disown(self, shard: int) -> None:
+        self.owned.discard(shard)
+        self.writer.ready.discard(shard)
+        for symbol in self._symbols_of(shard):
+            self._shard_of.pop(symbol, None)
 
     def own(self, shard: int, symbols: list[str]) -> None:
         """From now on, trades of `symbols` are written to `shard`."""
