@@ -53,6 +53,7 @@ class Trace:
         self.arrived: list[int] = []  # arrival − candle XADD
         self.total: list[int] = []  # arrival − due
         self.spread: list[int] = []  # a boundary's last shard write − its first
+        self.last: list[int] = []  # per boundary: its last candle's arrival − due
         self.received: list[int] = []  # ingest receive − trade time
         self.queued: list[int] = []  # trade entry XADD − ingest receive
         self.windows: list[Window] = []  # CPU and run-queue wait around each deadline
@@ -84,6 +85,7 @@ def _follow(run: Run, from_ms: int, to_ms: int) -> Trace:
             if head.closed and head.revision == 0:
                 arrived.setdefault((head.symbol, head.interval, head.timestamp), arrival_ms)
     by_boundary: dict[int, list[int]] = defaultdict(list)
+    last: dict[int, int] = {}
     for key, (shard, at) in written.items():
         due = key[2] + key[1] + WAITER_MS
         if not from_ms <= due <= to_ms or at < due or key not in arrived:
@@ -96,7 +98,9 @@ def _follow(run: Run, from_ms: int, to_ms: int) -> Trace:
         trace.arrived.append(arrived[key] - at)
         trace.total.append(arrived[key] - due)
         by_boundary[due].append(at)
+        last[due] = max(last.get(due, 0), arrived[key] - due)
     trace.spread = [max(ats) - min(ats) for ats in by_boundary.values()]
+    trace.last = [last[due] for due in sorted(last)]
     return trace
 
 
@@ -124,6 +128,17 @@ def trial(
         finally:
             run.close()
     return trace, result
+
+
+def _boundaries(trace: Trace) -> str:
+    """Each boundary's last candle (arrival − due), in order: a boundary's candles arrive
+    within a few ms of each other, so the p99 over all of them is the worst boundary or two."""
+    if not trace.last:
+        return "no boundary followed"
+    return (
+        f"per boundary, its last candle's arrival − due: median {pct(trace.last, 50):.0f} ms,"
+        f" worst {max(trace.last)} ms; all {len(trace.last)}: {' '.join(map(str, trace.last))}"
+    )
 
 
 def _pooled(traces: list[Trace]) -> Trace:
@@ -165,7 +180,7 @@ def _layout(rate: int, replicas: int, window_s: float, trials: int) -> list[Row]
             f"boundary @ {rate:,}/s, {layout}, trial {k}: {len(trace.total):,} candles closed by"
             f" the waiter followed; delay p50/p99 of all candles {pct(result.delay_ms, 50):.0f}/"
             f"{pct(result.delay_ms, 99):.0f} ms; delivered {result.delivered:,.0f}/s;"
-            f" CPU {result.busiest()}; load average {result.load_1m:.1f}"
+            f" CPU {result.busiest()}; load average {result.load_1m:.1f}; {_boundaries(trace)}"
         )
     trace = _pooled(traces)
     if trace.windows:
