@@ -60,6 +60,20 @@ async def standby_shards(
     """One shard's real shards, standby (10 s) and writer (running until `stop`) over
     `exchange`; the lease of shard 0 is `token`'s."""
     await client.set(KEYS.lease("ingest", 0), token)
+    return shards_over(client, tasks, stop, token, exchange, Standby(window_ms=10_000), **options)
+
+
+def shards_over(
+    client: aioredis.Redis,
+    tasks: TaskSet,
+    stop: asyncio.Event,
+    token: str,
+    exchange: Exchange,
+    standby: Standby | None,
+    **options: Any,
+) -> IngestShards:
+    """One shard's real shards and writer (running until `stop`) over `exchange`, writing
+    as `token`."""
     open_writer = partial(
         Writer, client, KEYS, token, clock_interval_ms=50, buffer_max=10_000, batch_max=100,
         retention_s=3600,
@@ -67,7 +81,7 @@ async def standby_shards(
     shards = IngestShards(
         client, KEYS, 1, tasks, 5.0, open_writer=open_writer,
         open_pool=lambda **hooks: exchange,  # type: ignore[arg-type]  # a fake pool
-        symbols=[SYMBOL], standby=Standby(window_ms=10_000), **options,
+        symbols=[SYMBOL], standby=standby, **options,
     )  # fmt: skip
     tasks.spawn(shards.writer.run(stop), name="writer")
     return shards

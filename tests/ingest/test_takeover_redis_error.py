@@ -13,7 +13,6 @@ the one stand-in (tests.ingest.test_takeover_order.Exchange).
 from __future__ import annotations
 
 import asyncio
-from functools import partial
 from typing import Any
 
 import pytest
@@ -27,7 +26,7 @@ from ingest.bybit.messages import TradeMessage
 from ingest.shards import IngestShards
 from ingest.standby import Standby
 from ingest.writer import Writer, now_ms
-from tests.ingest.test_takeover_order import KEYS, SYMBOL, Exchange
+from tests.ingest.test_takeover_order import KEYS, SYMBOL, Exchange, shards_over
 from tests.support import replies
 from tests.support.waiting import async_wait_until
 
@@ -74,16 +73,9 @@ async def _replica(
     its claimer (leases, with the standby's claiming rules when it has one)."""
     client = aioredis.Redis.from_url(redis_url, username=USER, password=PASSWORD)
     token = "ingest:taker"
-    open_writer = partial(
-        Writer, client, KEYS, token, clock_interval_ms=50, buffer_max=10_000, batch_max=100,
-        retention_s=3600,
-    )  # fmt: skip
-    shards = IngestShards(
-        client, KEYS, 1, tasks, 5.0, open_writer=open_writer,
-        open_pool=lambda **hooks: Exchange(),  # type: ignore[arg-type]  # a fake pool
-        symbols=[SYMBOL], standby=standby, cold_claim_after_ms=60_000,
-    )  # fmt: skip
-    tasks.spawn(shards.writer.run(stop), name="writer")
+    shards = shards_over(
+        client, tasks, stop, token, Exchange(), standby, cold_claim_after_ms=60_000
+    )
     claiming = Claiming(shards.standby_ready, shards.prefer, shards.warm) if standby else Claiming()
     claimer = ShardClaimer(
         client, KEYS, "ingest", 1, None, 3000, shards, token=token, claiming=claiming
