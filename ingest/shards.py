@@ -152,11 +152,12 @@ class IngestShards:
         Its reads of the stream come before anything changes: one that fails raises, and the
         claimer lets the lease go and claims the shard again (common.leases)."""
         if shard in self._orphaned:
-            if not await self._written_by_another(shard):
+            another = await self._written_by_another(shard)
+            self._orphaned.pop(shard, None)
+            self._orphaned_at_ms.pop(shard, None)
+            if not another:
                 # Kept through a Redis outage and got back: what was buffered goes out in
                 # order, so there is no unowned window to report.
-                self._orphaned.pop(shard, None)
-                self._orphaned_at_ms.pop(shard, None)
                 self.writer.ready.add(shard)
                 log.info(
                     "shard %d: lease back after the Redis outage, buffered trades follow", shard
@@ -165,8 +166,6 @@ class IngestShards:
             # Another replica served the shard after the outage (from its standby, or with a
             # gap entry): our buffer would write its trades twice. Disowned until it is taken
             # up below, from the stream (what arrives meanwhile falls inside its unowned gap).
-            self._orphaned.pop(shard, None)
-            self._orphaned_at_ms.pop(shard, None)
             dropped = self.writer.discard(shard)
             self._disown(shard)
             if self.repairer is not None:
