@@ -97,12 +97,14 @@ class PublishingReader:
         self._claim_idle_ms = claim_idle_ms
         self._cluster = cluster or isinstance(client, RedisCluster)
         self._streams = [keys.klines(k) for k in range(shards)]
+        self._shard_of_key = {s.encode(): k for k, s in enumerate(self._streams)}
         self._script: AsyncScript = client.register_script(READ_PUBLISH_ACK_LUA)
         self._next_claim_s = 0.0
-        self._more = True
-        """Whether a script may find more right away (at start: what is pending; after a read
-        that hit `count`: the rest). Otherwise the next read waits first: an empty round of
-        scripts before every wait cost one more round trip per candle write."""
+        self._due = set(range(shards))
+        """The shards whose script may find more right away (at start: what is pending; after
+        a claim: what was taken over; after a script that hit `count`: the rest). With none,
+        the next read waits first: an empty round of scripts before every wait cost one more
+        round trip per candle write."""
 
     async def start(self) -> None:
         await create_groups(self._client, self._streams, self._group)
@@ -112,58 +114,72 @@ class PublishingReader:
         try:
             if time.monotonic() >= self._next_claim_s:
                 self._next_claim_s = time.monotonic() + self._claim_idle_ms / 2000
-                self._more = await self._claim(count) or self._more
-            batch = await self._publish(count) if self._more else None
+                self._due |= await self._claim(count)
+            batch = await self._publish(count, self._due) if self._due else None
             if batch is None:
-                await self._wait(block_ms)
-                batch = await self._publish(count)
-        except ResponseError as exc:
-            if reply_code(exc) is not ReplyCode.NOGROUP:
+                batch = await self._publish(count, await self._wait(block_ms))
+        except BaseException as exc:
+            # What the wait took may be pending to this replica unpublished: at the next read,
+            # every shard's script runs first (each takes its pending entries before new ones).
+            self._due = set(range(len(self._streams)))
+            if not isinstance(exc, ResponseError) or reply_code(exc) is not ReplyCode.NOGROUP:
                 raise
             # Redis came back without our groups (no persistence): start again at the tail.
             await create_groups(self._client, self._streams, self._group)
             return None
         return batch
 
-    async def _publish(self, count: int) -> CandleBatch | None:
+    async def _publish(self, count: int, shards: set[int]) -> CandleBatch | None:
+        """The script on each of `shards` (in shard order), together."""
+        if not shards:
+            return None
+        order = sorted(shards)
         args: list[Any] = [
             self._group, self._replica, count, self._channel, self._per_message, STREAM_FIELD
         ]  # fmt: skip
-        calls = [([stream], args) for stream in self._streams]
+        calls = [([self._streams[shard]], args) for shard in order]
         if self._cluster:
             outcomes: list[Any] = [await self._script(keys=k, args=a) for k, a in calls]
         else:
             outcomes = await call_together(self._client, self._script, calls)
         ids: dict[int, list[bytes]] = {}
-        for shard, outcome in enumerate(outcomes):
+        for shard, outcome in zip(order, outcomes, strict=True):
             if isinstance(outcome, Exception):
                 raise outcome
             if outcome:
                 ids[shard] = list(outcome)
-        self._more = any(len(handled) >= count for handled in ids.values())
+        self._due = {shard for shard, handled in ids.items() if len(handled) >= count}
         if not ids:
             return None
         batch = CandleBatch([], ids, count=sum(map(len, ids.values())))
         batch.acknowledged = True
         return batch
 
-    async def _wait(self, block_ms: int) -> None:
-        """Until a candle comes (it stays pending to this replica), or `block_ms`."""
+    async def _wait(self, block_ms: int) -> set[int]:
+        """Until a candle comes (it stays pending to this replica), or `block_ms`: the shards
+        it came on. Only their scripts run then: at a boundary the shards' writes come one by
+        one, and each wake ran a script on every shard, in the Redis the WebSocket feed was
+        reading the same candles from (docs/benchmarks.md, 2026-12-07 09:15). A shard written
+        after the wake is found by the next wait, at once."""
         if self._cluster:
             await asyncio.sleep(min(block_ms, CLUSTER_POLL_MS) / 1000)
-            return
+            return set(range(len(self._streams)))
         streams: dict[Any, Any] = dict.fromkeys(self._streams, ">")
-        await self._client.xreadgroup(self._group, self._replica, streams, count=1, block=block_ms)
+        reply: Any = await self._client.xreadgroup(
+            self._group, self._replica, streams, count=1, block=block_ms
+        )
+        return {self._shard_of_key[key] for key, _ in reply or ()}
 
-    async def _claim(self, count: int) -> bool:
-        """Whether any entry was taken over."""
-        claimed = False
-        for stream in self._streams:
+    async def _claim(self, count: int) -> set[int]:
+        """The shards on which entries were taken over."""
+        claimed = set()
+        for shard, stream in enumerate(self._streams):
             reply = await self._client.xautoclaim(
                 stream, self._group, self._replica, self._claim_idle_ms, "0-0",
                 count=count, justid=True,
             )  # fmt: skip
-            claimed = claimed or bool(reply)  # the ids taken over
+            if reply:  # the ids taken over
+                claimed.add(shard)
         return claimed
 
     async def done(self, batch: CandleBatch) -> None:

@@ -86,8 +86,35 @@ async def test_each_candle_is_published_once_in_stream_order_in_arrays(redis_url
     before = _script_calls(sync)
     assert await reader.read(100, 20) is None  # nothing new: nothing published again
     assert _messages(listener) == []
-    # it waited first, then ran the two shards' scripts once: no empty round before the wait
+    # it waited first, and nothing came: no script ran, neither before the wait nor after it
+    assert _script_calls(sync) == before
+    listener.close()
+    sync.close()
+
+
+async def test_a_wake_runs_the_script_of_the_shards_written_only(redis_url: str) -> None:
+    """At a boundary the shards' writes come one by one: each wake runs the script of the
+    shard that woke it, not one per shard, in the Redis the WebSocket feed reads from."""
+    sync = redis.Redis.from_url(redis_url)
+    listener = _listen(sync)
+    reader = _reader(redis_url, "r1")
+    await reader.start()
+    assert await reader.read(100, 20) is None  # what was pending at start: nothing
+    raws = series(3, symbols=1)  # one symbol: shard ONE only
+    xadd_candles(sync, raws)
+    before = _script_calls(sync)
+    batch = await reader.read(100, 1000)
+    assert batch is not None and list(batch.ids) == [ONE] and len(batch) == 3
+    assert _script_calls(sync) == before + 1
+    assert [r for m in _messages(listener) for r in m] == raws
+    # a shard written after the wake is found by the next read, at once
+    other = series(12, symbols=10)
+    on_other = _by_shard(other)[1 - ONE]
+    xadd_candles(sync, on_other)
+    batch = await reader.read(100, 1000)
+    assert batch is not None and list(batch.ids) == [1 - ONE] and len(batch) == len(on_other)
     assert _script_calls(sync) == before + 2
+    assert [r for m in _messages(listener) for r in m] == on_other
     listener.close()
     sync.close()
 
@@ -163,4 +190,37 @@ async def test_a_dead_replicas_pending_candles_are_claimed_and_published_once(
     assert sync.xpending(keys.klines(ONE), "publish")["pending"] == 0
     assert await survivor.read(100, 20) is None and _messages(listener) == []
     listener.close()
+    sync.close()
+
+
+async def test_a_wake_whose_script_fails_is_published_at_the_next_read(redis_url: str) -> None:
+    """The wait takes one entry (pending to this replica); when the script after it fails
+    (here Redis refuses it: NOPERM), the next read runs every shard's script first, so that
+    candle goes out then, not when its shard is next written or a claim period later."""
+    sync = redis.Redis.from_url(redis_url)
+    sync.acl_setuser("pub", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                     commands=["+@all", "-evalsha", "-eval"])  # fmt: skip
+    user_url = redis_url.replace("redis://", "redis://pub:pw@", 1)
+    listener = _listen(sync)
+    reader = _reader(user_url, "r1", publish_claim_idle_ms=600_000)
+    await reader.start()
+    # what was pending at start: the scripts are refused, and the read says so
+    with pytest.raises(redis.exceptions.ResponseError, match="no permissions"):
+        await reader.read(100, 20)
+    sync.acl_setuser("pub", commands=["+evalsha", "+eval"])
+    assert await reader.read(100, 20) is None
+    sync.acl_setuser("pub", commands=["-evalsha", "-eval"])
+    raws = series(1, symbols=1)  # one: the next wait finds nothing new
+    xadd_candles(sync, raws)
+    with pytest.raises(redis.exceptions.ResponseError, match="no permissions"):
+        await reader.read(100, 1000)  # the wait took one; its script is refused
+    assert sync.xpending(Keys(PREFIX).klines(ONE), "publish")["pending"] == 1
+    assert _messages(listener) == []
+    sync.acl_setuser("pub", commands=["+evalsha", "+eval"])
+    batch = await reader.read(100, 20)
+    assert batch is not None and list(batch.ids) == [ONE] and len(batch) == 1
+    assert [r for m in _messages(listener) for r in m] == raws
+    assert sync.xpending(Keys(PREFIX).klines(ONE), "publish")["pending"] == 0
+    listener.close()
+    sync.acl_deluser("pub")
     sync.close()
