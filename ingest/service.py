@@ -132,8 +132,7 @@ def _trades(started: Started, open_pool: OpenPool) -> Mode:
 
     async def drain() -> Drained:
         await writer.drained(settings.shutdown_timeout_s / 2)
-        writer_stop.set()
-        return Drained(settings.shutdown_timeout_s / 2, frozenset({writer_task}))
+        return Drained(settings.shutdown_timeout_s / 2, frozenset({writer_task}), writer_stop.set)
 
     loops: dict[str, Loop] = {}
     claiming = Claiming()

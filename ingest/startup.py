@@ -6,7 +6,9 @@ supervisord or compose should come up whenever Redis does, so this waits, loggin
 then the mode is built, its shards claimed and each owned shard's symbols subscribed over the pool.
 
 Shutdown order matters for the fence: close the sockets, let the mode drain (trades: the writer
-flushes), and only then release the leases (the writes are refused once the lease is gone).
+flushes), then let the claimer stop each shard (its last entries, such as the gaps of connections
+still down, written by the writer, which still runs) and only then release the leases (the writes
+are refused once the lease is gone); the writer stops after that.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -57,12 +60,20 @@ class Shards(ShardWorkers, Protocol):
     async def set_symbols(self, symbols: list[str]) -> None: ...
 
 
+def _nothing() -> None:
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class Drained:
-    """What the lease release waits for beside the claimer, and for how long at most."""
+    """What the lease release waits for, and for how long at most: the claimer (which stops
+    each shard, then releases the leases), then `released` is called, then `tasks`."""
 
     timeout_s: float
     tasks: frozenset[asyncio.Task[Any]] = frozenset()
+    released: Callable[[], None] = _nothing
+    """Trades: the writer stops here, not before: a shard's hand-back writes the gaps of its
+    connections still down, up to the hand-back, and waits for the writer to write them."""
 
 
 Loop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
@@ -186,7 +197,11 @@ async def _serve(started: Started, build: Build) -> None:
         pool_stop.set()
         drained = await mode.drain()
         claim_stop.set()
-        await asyncio.wait({claim_task, *drained.tasks}, timeout=drained.timeout_s)
+        until_s = time.monotonic() + drained.timeout_s
+        await asyncio.wait({claim_task}, timeout=drained.timeout_s)
+        drained.released()
+        if drained.tasks:
+            await asyncio.wait(drained.tasks, timeout=max(0.0, until_s - time.monotonic()))
         await tasks.cancel_all()
         if server is not None:
             server.close()

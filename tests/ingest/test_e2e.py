@@ -114,3 +114,37 @@ def test_connection_drops_lose_only_the_dropped_windows_with_gaps(
                 ]
                 assert covered(from_ms, to_ms, windows), (shard, symbol, from_ms, to_ms, windows)
     assert "connection lost" in ingest.output()
+
+
+def test_a_stop_with_the_exchange_down_writes_its_last_gaps_and_releases_the_leases(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """The exchange goes away, then ingest is stopped: every connection's window is still
+    open, so each shard's hand-back reports it (up to the hand-back, while the lease is ours),
+    and the leases are released, not left to expire. Before, the writer had stopped by then:
+    those gap entries were never written, the hand-back waited for them until the drain's
+    timeout cancelled it, and the leases stayed held for their whole TTL."""
+    sim = start_simulator(tmp_path, "--symbols", "60", "--rate", "600")
+    env = ingest_env(sim, redis_url, STREAMER_LEASE_TTL_MS="20000")
+    ingest = start_ingest(tmp_path, env)
+    client = redis.Redis.from_url(redis_url)
+    wait_until(lambda: len(sim.trades()) > 600, 30, "600 trades sent")
+    wait_until(lambda: all(read_streams(redis_url).trades.values()), 20, "trades in every shard")
+    assert sim.proc.stop() == 0
+    wait_until(lambda: ingest.output().count("connection lost") >= 3, 20, "the connections lost")
+    stop_ms = time.time_ns() // 1_000_000
+    assert ingest.stop() == 0, ingest.output()
+    assert [client.get(KEYS.lease("ingest", k)) for k in range(3)] == [None, None, None]
+    streams = read_streams(redis_url)
+    for shard in range(3):
+        served = set(streams.symbols[shard][-1].symbols)
+        assert served
+        to_the_stop = {
+            symbol
+            for gap in streams.gaps[shard]
+            if gap.reason == "reconnect" and gap.to_ms >= stop_ms
+            for symbol in gap.symbols
+        }
+        assert to_the_stop == served, (shard, sorted(served - to_the_stop))
+    assert "drain took longer" not in ingest.output()
+    client.close()
