@@ -45,12 +45,17 @@ class StreamReader(Protocol):
     async def done(self, batch: CandleBatch) -> None: ...
 
 
-def _to_batch(reply: Any, shard_of_key: dict[bytes, int]) -> CandleBatch | None:
+def shard_of_key(streams: list[str]) -> dict[bytes, int]:
+    """Each stream's shard, by the key a reply names it with."""
+    return {stream.encode(): shard for shard, stream in enumerate(streams)}
+
+
+def _to_batch(reply: Any, shard_by_key: dict[bytes, int]) -> CandleBatch | None:
     raws: list[bytes] = []
     ids: dict[int, list[bytes]] = {}
     by_shard: dict[int, list[bytes]] = {}
     for key, entries in reply:
-        shard = shard_of_key[key]
+        shard = shard_by_key[key]
         shard_ids = ids.setdefault(shard, [])
         shard_raws = by_shard.setdefault(shard, [])
         for raw_id, fields in entries:
@@ -108,7 +113,7 @@ class PositionReader:
         self._client = client
         self._cluster = cluster
         self._streams = [keys.klines(k) for k in range(shards)]
-        self._shard_of_key = {s.encode(): k for k, s in enumerate(self._streams)}
+        self._shard_of_key = shard_of_key(self._streams)
         self._pos_keys = [keys.publish_position(f"{consumer}:{replica}", k) for k in range(shards)]
         self._next: dict[Any, Any] = {}
 
@@ -163,7 +168,7 @@ class UpdatesReader(PositionReader):
     def __init__(self, client: aioredis.Redis, keys: Keys, shards: int, cluster: bool) -> None:
         super().__init__(client, keys, shards, "updates", "-", cluster)
         self._streams = [keys.updates(k) for k in range(shards)]
-        self._shard_of_key = {s.encode(): k for k, s in enumerate(self._streams)}
+        self._shard_of_key = shard_of_key(self._streams)
 
     async def start(self) -> None:
         for stream in self._streams:
@@ -191,7 +196,7 @@ class GroupReader:
         self._replica = replica
         self._claim_idle_ms = claim_idle_ms
         self._streams = [keys.klines(k) for k in range(shards)]
-        self._shard_of_key = {s.encode(): k for k, s in enumerate(self._streams)}
+        self._shard_of_key = shard_of_key(self._streams)
         self._own_pending: dict[Any, Any] = {}
         self._in_flight: set[bytes] = set()
         self._next_claim_s = 0.0

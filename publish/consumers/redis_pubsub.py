@@ -30,7 +30,7 @@ from common.scripts import call_together
 from common.wire import STREAM_FIELD
 from publish.batch import CandleBatch, json_array
 from publish.consumers.base import BaseConsumer
-from publish.reader import CLUSTER_POLL_MS, StreamReader, create_groups
+from publish.reader import CLUSTER_POLL_MS, StreamReader, create_groups, shard_of_key
 
 READ_PUBLISH_ACK_LUA = """
 -- KEYS[1]: a candle stream. ARGV: group, consumer, count, channel, candles per message, the
@@ -97,10 +97,11 @@ class PublishingReader:
         self._claim_idle_ms = claim_idle_ms
         self._cluster = cluster or isinstance(client, RedisCluster)
         self._streams = [keys.klines(k) for k in range(shards)]
-        self._shard_of_key = {s.encode(): k for k, s in enumerate(self._streams)}
+        self._shard_of_key = shard_of_key(self._streams)
+        self._every = frozenset(range(shards))
         self._script: AsyncScript = client.register_script(READ_PUBLISH_ACK_LUA)
         self._next_claim_s = 0.0
-        self._due = set(range(shards))
+        self._due = set(self._every)
         """The shards whose script may find more right away (at start: what is pending; after
         a claim: what was taken over; after a script that hit `count`: the rest). With none,
         the next read waits first: an empty round of scripts before every wait cost one more
@@ -121,7 +122,7 @@ class PublishingReader:
         except BaseException as exc:
             # What the wait took may be pending to this replica unpublished: at the next read,
             # every shard's script runs first (each takes its pending entries before new ones).
-            self._due = set(range(len(self._streams)))
+            self._due = set(self._every)
             if not isinstance(exc, ResponseError) or reply_code(exc) is not ReplyCode.NOGROUP:
                 raise
             # Redis came back without our groups (no persistence): start again at the tail.
@@ -163,7 +164,7 @@ class PublishingReader:
         after the wake is found by the next wait, at once."""
         if self._cluster:
             await asyncio.sleep(min(block_ms, CLUSTER_POLL_MS) / 1000)
-            return set(range(len(self._streams)))
+            return set(self._every)
         streams: dict[Any, Any] = dict.fromkeys(self._streams, ">")
         reply: Any = await self._client.xreadgroup(
             self._group, self._replica, streams, count=1, block=block_ms
