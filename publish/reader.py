@@ -3,8 +3,9 @@
 Two ways, chosen by the consumer:
 
 - `PositionReader` (console, websocket, users' consumers): plain XREAD from the position stored
-  at `<p>:{k}:pos:<consumer>:<replica>`, which is saved after each handled batch. With no stored
-  position it starts at the live tail (and stores that at once, so a restart misses nothing).
+  at `<p>:{k}:pos:<consumer>:<replica>`, which is saved after each handled batch, one blocking
+  read per shard's stream. With no stored position it starts at the live tail (and stores that at
+  once, so a restart misses nothing).
 - `GroupReader` (redis): XREADGROUP in the group STREAMER_PUBLISH_GROUP as consumer `<replica>`,
   XACK after publishing, so several replicas publish each candle once. At start it first re-reads
   its own unacknowledged entries (a restart of the same replica), and every claim period it takes
@@ -116,6 +117,7 @@ class PositionReader:
         self._shard_of_key = shard_of_key(self._streams)
         self._pos_keys = [keys.publish_position(f"{consumer}:{replica}", k) for k in range(shards)]
         self._next: dict[Any, Any] = {}
+        self._waits: dict[Any, asyncio.Future[Any]] = {}
 
     async def start(self) -> None:
         async with self._client.pipeline(transaction=False) as pipe:
@@ -150,12 +152,50 @@ class PositionReader:
                 await pipe.execute()
 
     async def read(self, count: int, block_ms: int) -> CandleBatch | None:
-        reply = await _read_streams(self._client.xread, self._next, count, block_ms, self._cluster)
+        if self._cluster:
+            reply = await _read_streams(self._client.xread, self._next, count, block_ms, True)
+        else:
+            reply = await self._read_each(count, block_ms)
         batch = _to_batch(reply, self._shard_of_key)
         if batch is not None:
             for shard, last in batch.last_ids().items():
                 self._next[self._streams[shard]] = last
         return batch
+
+    async def _read_each(self, count: int, block_ms: int) -> list[Any]:
+        """A blocking XREAD per stream, each on a connection of its own and left in flight from
+        one read to the next; what those that came back hold (an error of one raised, its
+        stream read again from the same position next time). Redis 7.0 answers a blocked read
+        of several streams with the one stream that woke it: at a waiter deadline, whose four
+        shard writes land within a millisecond, the other three shards waited for a second
+        read, queued in Redis behind what it ran meanwhile (1.6 ms at the median, measured:
+        docs/benchmarks.md, 2026-12-07 12:20). Each stream's read returns as its shard is
+        written."""
+        waits = self._waits
+        for stream, after in self._next.items():
+            if stream not in waits:
+                waits[stream] = asyncio.ensure_future(
+                    self._client.xread({stream: after}, count=count, block=block_ms)
+                )
+        await asyncio.wait(waits.values(), return_when=asyncio.FIRST_COMPLETED)
+        reply: list[Any] = []
+        failed: BaseException | None = None
+        for stream, task in list(waits.items()):
+            if task.done():
+                del waits[stream]
+                if task.exception() is None:
+                    reply.extend(task.result() or ())
+                elif failed is None:
+                    failed = task.exception()
+        if failed is not None:
+            raise failed  # the replies taken with it are read again: positions stay
+        return reply
+
+    def close(self) -> None:
+        """Cancel the reads in flight (the consumer stops reading)."""
+        for task in self._waits.values():
+            task.cancel()
+        self._waits.clear()
 
     async def done(self, batch: CandleBatch) -> None:
         await self._save({self._pos_keys[shard]: last for shard, last in batch.last_ids().items()})

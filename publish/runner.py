@@ -94,6 +94,15 @@ class ConsumerRunner:
 
     async def read_loop(self, stop: asyncio.Event) -> None:
         """Read until `stop`, then tell the consumer task to finish what is queued."""
+        try:
+            await self._read_until(stop)
+        finally:
+            close = getattr(self.reader, "close", None)  # a reader's reads left in flight
+            if close is not None:
+                close()
+        await self._queue.put(None)
+
+    async def _read_until(self, stop: asyncio.Event) -> None:
         delays = backoff(0.1, 5.0)
         while not stop.is_set() and self.failed is None:
             try:
@@ -112,7 +121,6 @@ class ConsumerRunner:
                 )
             await self._queue.put(batch)
             QUEUED.set(self._queue.qsize(), self.name)
-        await self._queue.put(None)
 
     async def consume_loop(self, stop: asyncio.Event) -> None:
         # Once a batch is left unhandled (stopping, or the consumer stopped), no later batch may

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -110,6 +112,46 @@ async def test_position_reader_starts_at_the_tail_and_resumes(
     while (more := await again.read(100, 10)) is not None:
         rest.extend(more.raws)
     assert sorted(batch.raws + rest) == sorted(fresh)
+    await client.aclose()
+    sync.close()
+
+
+async def test_a_blocked_read_returns_every_shard_one_write_reached(redis_url: str) -> None:
+    """A waiter deadline's writes reach the shards' streams within a millisecond. Redis 7.0
+    answers a blocked XREAD of several streams with the stream that woke it; read so, the other
+    shards waited for a second read, queued in Redis behind whatever it ran meanwhile."""
+    settings = ws_settings(1, redis_url=redis_url, shards=4)
+    client = connect(settings)
+    sync = redis.Redis.from_url(redis_url)
+    keys = Keys(PREFIX)
+    reader = PositionReader(client, keys, 4, "x", "r1")
+    await reader.start()
+    reading = asyncio.ensure_future(reader.read(100, 5000))
+
+    def blocked() -> int:
+        return int(sync.info("clients")["blocked_clients"])
+
+    async def reads_blocked(at_least: int) -> bool:
+        return blocked() >= at_least
+
+    await async_wait_until(partial(reads_blocked, 1), 5, "the reader blocked in Redis")
+    # This reader blocks once per stream; one that read them all in one XREAD never gets to 4.
+    with contextlib.suppress(AssertionError):
+        await async_wait_until(partial(reads_blocked, 4), 1, "a blocked read on every stream")
+    raws = series(4, symbols=4)
+    streams = [keys.klines(shard) for shard in range(4)]
+    # One script writes all four (as Redis runs a deadline's four shard writes back to back).
+    # The calls below hold this test's event loop until the readers' replies have left Redis.
+    sync.eval(
+        "for i = 1, #KEYS do redis.call('XADD', KEYS[i], '*', 'data', ARGV[i]) end",
+        4, *streams, *raws,
+    )  # fmt: skip
+    assert blocked() == 0
+    batch = await reading
+    assert batch is not None
+    assert sorted(batch.ids) == [0, 1, 2, 3]
+    assert sorted(batch.raws) == sorted(raws)
+    reader.close()
     await client.aclose()
     sync.close()
 
