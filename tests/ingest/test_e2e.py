@@ -97,8 +97,8 @@ def test_connection_drops_lose_only_the_dropped_windows_with_gaps(
     for shard, symbol, _ in ledger_keys(sim):
         symbols_of_shard[shard].add(symbol)
     for from_ms, to_ms in sim.drops():
-        # Every window, the last ones too: a connection the exchange stopped before it was
-        # back in service is still open at ingest's stop, and its shard's hand-back reports it.
+        # Every window, the last ones too: ingest reports a window when its connection is back
+        # in service or, if the exchange stopped first, at its shard's hand-back on the stop.
         for shard in range(3):
             # A drop that comes while a connection is still reconnecting from the one before is
             # reported by two consecutive gap entries: their union must cover the window.
