@@ -26,6 +26,7 @@ import bisect
 import sys
 import tempfile
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,18 @@ class Trace:
         self.received: list[int] = []  # ingest receive − trade time
         self.queued: list[int] = []  # trade entry XADD − ingest receive
         self.windows: list[Window] = []  # CPU and run-queue wait around each deadline
+        self.late_clocks: list[int] = []  # per boundary and shard: its clock entry's XADD − due
+        self.boundaries: list[Boundary] = []
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """One waiter deadline's hops, each the latest of its candles (ms after due)."""
+
+    due_ms: int
+    clock_ms: int  # the latest shard's clock entry (its XADD), -1 if none was found
+    written_ms: int  # the last shard write
+    last_ms: int  # the last candle's arrival
 
 
 def _follow(run: Run, from_ms: int, to_ms: int) -> Trace:
@@ -101,6 +114,15 @@ def _follow(run: Run, from_ms: int, to_ms: int) -> Trace:
         last[due] = max(last.get(due, 0), arrived[key] - due)
     trace.spread = [max(ats) - min(ats) for ats in by_boundary.values()]
     trace.last = [last[due] for due in sorted(last)]
+    for due in sorted(last):
+        late = []
+        for stamps in clocks.values():
+            i = bisect.bisect_left(stamps, (due, 0))
+            if i < len(stamps):
+                late.append(stamps[i][1] - due)
+        trace.late_clocks += late
+        written_ms = max(by_boundary[due]) - due
+        trace.boundaries.append(Boundary(due, max(late, default=-1), written_ms, last[due]))
     return trace
 
 
@@ -138,6 +160,42 @@ def _boundaries(trace: Trace) -> str:
     return (
         f"per boundary, its last candle's arrival − due: median {pct(trace.last, 50):.0f} ms,"
         f" worst {max(trace.last)} ms; all {len(trace.last)}: {' '.join(map(str, trace.last))}"
+    )
+
+
+def _worst(trace: Trace, count: int = 3) -> str:
+    """The trial's slowest boundaries, hop by hop, with what each process did around them: a
+    boundary's last candle is late either because its clock entry was (ingest did not get a
+    core at the grid point), or in the aggregator's write, or on the way from it."""
+    windows = {w.due_ms: w for w in trace.windows}
+    parts = []
+    for b in sorted(trace.boundaries, key=lambda b: -b.last_ms)[:count]:
+        window = windows.get(b.due_ms)
+        spent = ""
+        if window is not None:
+            spent = " (" + ", ".join(
+                f"{name} {cpu:.1f}/{wait:.1f}" for name, (cpu, wait) in sorted(window.spent.items())
+            ) + ")"  # fmt: skip
+        parts.append(
+            f":{b.due_ms % 60_000 / 1000:06.3f} {b.clock_ms}/{b.written_ms}/{b.last_ms}{spent}"
+        )
+    return (
+        "slowest boundaries (second of the minute due; clock entry / last write / last arrival,"
+        " ms after due; CPU/wait ms around it): " + "; ".join(parts)
+    )
+
+
+def _clocks(trace: Trace) -> str:
+    """How late the deadlines' clock entries were written (per boundary and shard)."""
+    late = trace.late_clocks
+    if not late:
+        return "no clock entry followed"
+    share = {ms: sum(1 for v in late if v == ms) / len(late) for ms in (0, 1)}
+    later = sum(1 for v in late if v >= 2) / len(late)
+    return (
+        f"clock entries at the deadlines (boundary × shard, {len(late)}): written in the due"
+        f" millisecond {share[0]:.0%}, 1 ms later {share[1]:.0%}, 2 ms or more {later:.0%}"
+        f" (worst {max(late)} ms)"
     )
 
 
@@ -180,7 +238,8 @@ def _layout(rate: int, replicas: int, window_s: float, trials: int) -> list[Row]
             f"boundary @ {rate:,}/s, {layout}, trial {k}: {len(trace.total):,} candles closed by"
             f" the waiter followed; delay p50/p99 of all candles {pct(result.delay_ms, 50):.0f}/"
             f"{pct(result.delay_ms, 99):.0f} ms; delivered {result.delivered:,.0f}/s;"
-            f" CPU {result.busiest()}; load average {result.load_1m:.1f}; {_boundaries(trace)}"
+            f" CPU {result.busiest()}; load average {result.load_1m:.1f}; {_boundaries(trace)};"
+            f" {_worst(trace)}"
         )
     trace = _pooled(traces)
     if trace.windows:
@@ -191,6 +250,7 @@ def _layout(rate: int, replicas: int, window_s: float, trials: int) -> list[Row]
             f"boundary @ {rate:,}/s, {layout}: from 2 ms before a deadline to 14 ms after, median"
             f" of {len(trace.windows)}, CPU / waiting for a core (ms): {spent}"
         )
+    NOTES.append(f"boundary @ {rate:,}/s, {layout}: {_clocks(trace)}")
     hops = (
         ("trade received by ingest − trade time", trace.received),
         ("trade entry written − received (ingest's queue)", trace.queued),

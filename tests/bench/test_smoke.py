@@ -99,3 +99,7 @@ def test_every_bench_module_runs_and_reports_its_rows() -> None:
     assert spent is not None, done.stdout[-3000:]  # bench.schedstat's medians, every process
     for name in ("ingest", "aggregate", "aggregate2", "publish", "redis", "simulator", "user"):
         assert re.search(rf"(^|; ){name} \d+\.\d / \d+\.\d", spent[1]), (name, spent[1])
+    # each trial's slowest boundaries hop by hop, and how late the deadlines' clock entries were
+    assert re.search(r"slowest boundaries .*: :\d\d\.080 -?\d+/\d+/\d+", done.stdout)
+    assert re.search(r"clock entries at the deadlines \(boundary × shard, \d+\): written in the"
+                     r" due millisecond \d+%", done.stdout)  # fmt: skip
