@@ -18,6 +18,11 @@ the client recorded, all on this machine's one wall clock:
 Besides, for the trades of the window: received by ingest − trade time (the exchange's side and
 the socket), and XADD − received (ingest's queue and write); and, from 2 ms before each deadline
 to 14 ms after, each process's CPU time and its time waiting for a core (bench.schedstat).
+
+A p99 over a trial is decided by its slowest boundary or two, so each trial's note names its
+three slowest, hop by hop (the latest shard's clock entry, the last shard write, the last
+arrival) with what every process did around them; and the notes say how late the deadlines'
+clock entries were written, per boundary and shard.
 """
 
 from __future__ import annotations
