@@ -30,15 +30,19 @@ from __future__ import annotations
 import bisect
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.pipeline_trial import SHARDS, WAITER_MS, Result, Run, _head, _heads, pct
-from bench.report import Row
+import msgspec
+
+from bench.pipeline_trial import SHARDS, WAITER_MS, Result, Run, _Arrivals, _head, _heads, pct
+from bench.report import Row, table
 from bench.schedstat import Sampler, Window, medians
 from common.wire import STREAM_FIELD, ClockEntry, TradesEntry, entry_decoder
+from tests.support.redisproc import free_port
 
 NOTES: list[str] = []
 TRIALS = 3
@@ -271,7 +275,101 @@ def _layout(rate: int, replicas: int, window_s: float, trials: int) -> list[Row]
     return rows
 
 
+FANOUT_MODULE = "bench.aggregate_fanout"
+_raws = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+@dataclass(frozen=True)
+class Paired:
+    """One run followed to two WebSocket users: publish's, and the aggregator's own (the
+    control of bench.aggregate_fanout); and whether they got the same candles."""
+
+    publish: Trace
+    fanout: Trace
+    same: int  # candles both users got, with the same JSON
+    differ: int  # candles both users got, with different JSON (0 unless the control is broken)
+
+
+def _received(frames: list[tuple[int, bytes]]) -> dict[tuple[str, int, int, int], bytes]:
+    """Each closed candle a user got: its JSON by (symbol, interval, start, revision)."""
+    out: dict[tuple[str, int, int, int], bytes] = {}
+    for _, data in list(frames):
+        for raw in _raws.decode(data):
+            head = _head.decode(raw)
+            if head.closed:
+                out[(head.symbol, head.interval, head.timestamp, head.revision)] = bytes(raw)
+    return out
+
+
+def fanout_trial(rate: int, window_s: float, symbols: int = 500) -> Paired:
+    """One pipeline run on the lean load whose aggregator also hands each write's candles to a
+    WebSocket user of its own (bench.aggregate_fanout), followed to both users: what one
+    process for the aggregator and publish would save at most, beside what the two processes
+    do, in the same run (the control's user waits for publish's CPU all the same)."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp:
+        run = Run(
+            Path(tmp), symbols, rate, None, pregenerate_s=window_s + LEAN_HEADROOM_S,
+            modules={"aggregate": FANOUT_MODULE},
+            stage_env={"aggregate": {"BENCH_FANOUT_PORT": str(port)}},
+        )  # fmt: skip
+        fan = _Arrivals(port)
+        try:
+            run.warm_up()
+            deadline = time.monotonic() + 30
+            while not fan.frames:  # the aggregator's server starts with its first write
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the aggregator's fan-out sent nothing: {fan.error}")
+                time.sleep(0.05)
+            result = Result(symbols, rate, window_s)
+            from_ms = int(run.client.time()[0]) * 1000
+            run.measure(result)
+            to_ms = int(run.client.time()[0]) * 1000
+            published = _follow(run, from_ms, to_ms)
+            users, run.arrivals = run.arrivals, fan
+            try:
+                fanned = _follow(run, from_ms, to_ms)
+            finally:
+                run.arrivals = users
+            assert users is not None
+            got, sent = _received(users.frames), _received(fan.frames)
+        finally:
+            fan.stop()
+            run.close()
+    both = got.keys() & sent.keys()
+    differ = sum(1 for key in both if got[key] != sent[key])
+    return Paired(published, fanned, len(both) - differ, differ)
+
+
+def fanout(smoke: bool) -> list[Row]:
+    """TRIALS runs per rate with the aggregator's own fan-out beside publish (`fanout_trial`):
+    candle delay p99 − waiter and arrival − written, both ways."""
+    NOTES.clear()
+    rates, window_s, trials = ([2_000], 3.0, 1) if smoke else ([5_000, 20_000], 25.0, TRIALS)
+    rows = []
+    for rate in rates:
+        stage = f"fan-out control, 500 symbols @ {rate:,}/s, lean load"
+        for k in range(1, trials + 1):
+            paired = fanout_trial(rate, window_s)
+            ways = (("via publish", paired.publish), ("in the aggregator", paired.fanout))
+            for way, trace in ways:
+                rows.append(Row(stage, f"candle delay p99 − waiter, {way}, trial {k}",
+                                pct(trace.total, 99), "ms"))  # fmt: skip
+                rows.append(Row(stage, f"arrival − candle written p50, {way}, trial {k}",
+                                pct(trace.arrived, 50), "ms"))  # fmt: skip
+                NOTES.append(f"fan-out @ {rate:,}/s, trial {k}, {way}: {_boundaries(trace)}")
+            NOTES.append(
+                f"fan-out @ {rate:,}/s, trial {k}: candles both users got {paired.same:,} the"
+                f" same, {paired.differ} different"
+            )
+    return rows
+
+
 if __name__ == "__main__":
+    if "--fanout" in sys.argv:  # only when asked (~5 min): not a part of `make bench`
+        print(table(fanout(smoke="--smoke" in sys.argv)))
+        print("\n".join(NOTES))
+        sys.exit(0)
     for row in run(smoke="--smoke" in sys.argv):
         print(row)
     print("\n".join(NOTES))
