@@ -24,6 +24,7 @@ def test_the_aggregators_own_fan_out_carries_publishs_candles() -> None:
     stage = "fan-out control, 500 symbols @ 2,000/s, lean load"
     measures = {measure for row_stage, measure, _ in rows if row_stage == stage}
     for way in ("via publish", "in the aggregator"):
+        assert f"candle delay p99 − waiter latency, {way}, trial 1" in measures, done.stdout
         assert f"arrival − due p99 (closed by the waiter), {way}, trial 1" in measures, done.stdout
         assert f"arrival − candle written p50, {way}, trial 1" in measures, done.stdout
     same = re.search(r"candles both users got ([\d,]+) the same, (\d+) different", done.stdout)
