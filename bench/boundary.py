@@ -23,6 +23,10 @@ A p99 over a trial is decided by its slowest boundary or two, so each trial's no
 three slowest, hop by hop (the latest shard's clock entry, the last shard write, the last
 arrival) with what every process did around them; and the notes say how late the deadlines'
 clock entries were written, per boundary and shard.
+
+`python -m bench.boundary --fanout` (only when asked, ~5 min) runs the fan-out control instead
+(`fanout`, bench.aggregate_fanout): the aggregator also hands each write's candles to a WebSocket
+user of its own, followed beside publish's user in the same trials.
 """
 
 from __future__ import annotations

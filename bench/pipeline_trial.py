@@ -295,7 +295,7 @@ class Run:
             if stage == "publish":
                 extra |= self.publish_env
             if stage == "aggregate" and self.aggregate_replicas > 1:
-                self._start_aggregate_replicas(module, args)
+                self._start_aggregate_replicas(module, args, extra)
                 continue
             self.pipe.start(
                 module, stage, *args, STREAMER_METRICS_PORT=str(self.ports[stage]), **extra
@@ -309,7 +309,9 @@ class Run:
                 self.arrivals = _Arrivals(self.pipe.ws_port)
         self._started = time.monotonic()  # the last stage's start
 
-    def _start_aggregate_replicas(self, module: str, args: tuple[str, ...]) -> None:
+    def _start_aggregate_replicas(
+        self, module: str, args: tuple[str, ...], extra: dict[str, str]
+    ) -> None:
         """Replicas with the shards dealt out among them (STREAMER_SHARD_IDS: no lease
         rebalancing to wait for); the first one's metrics port is the stage's."""
         for k in range(self.aggregate_replicas):
@@ -317,7 +319,12 @@ class Run:
             port = self.ports["aggregate"] if k == 0 else free_port()
             ids = ",".join(str(s) for s in range(k, SHARDS, self.aggregate_replicas))
             self.pipe.start(
-                module, name, *args, STREAMER_METRICS_PORT=str(port), STREAMER_SHARD_IDS=ids
+                module,
+                name,
+                *args,
+                STREAMER_METRICS_PORT=str(port),
+                STREAMER_SHARD_IDS=ids,
+                **extra,
             )
 
     def pids(self) -> dict[str, int]:
