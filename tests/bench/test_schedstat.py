@@ -17,7 +17,13 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def spinner_and_sleeper() -> Iterator[tuple[int, int]]:
     spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    sleep = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    # The sleeper says when its interpreter has started: a window sampled during its start-up
+    # counted the start-up's CPU (1.5 ms once) as the sleeper's.
+    sleep = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('sleeping', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE,
+    )
+    assert sleep.stdout is not None and sleep.stdout.readline() == b"sleeping\n"
     try:
         yield spin.pid, sleep.pid
     finally:
