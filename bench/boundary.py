@@ -85,7 +85,8 @@ class Boundary:
     last_ms: int  # the last candle's arrival
 
 
-def _follow(run: Run, from_ms: int, to_ms: int) -> Trace:
+def _follow(run: Run, from_ms: int, to_ms: int, user: _Arrivals | None = None) -> Trace:
+    """What `run` recorded between from_ms and to_ms, followed to `user` (publish's by default)."""
     trace = Trace()
     client: Any = run.client
     clocks: dict[int, list[tuple[int, int]]] = {}
@@ -104,9 +105,10 @@ def _follow(run: Run, from_ms: int, to_ms: int) -> Trace:
             head = _head.decode(fields[b"data"])
             if head.closed and head.revision == 0:
                 written[head.symbol, head.interval, head.timestamp] = (shard, _id_ms(entry_id))
-    assert run.arrivals is not None
+    user = user or run.arrivals
+    assert user is not None
     arrived: dict[tuple[str, int, int], int] = {}
-    for arrival_ms, data in list(run.arrivals.frames):
+    for arrival_ms, data in list(user.frames):
         for head in _heads.decode(data):
             if head.closed and head.revision == 0:
                 arrived.setdefault((head.symbol, head.interval, head.timestamp), arrival_ms)
@@ -330,12 +332,8 @@ def fanout_trial(rate: int, window_s: float, symbols: int = 500) -> Paired:
             from_ms = int(run.client.time()[0]) * 1000
             run.measure(result)
             to_ms = int(run.client.time()[0]) * 1000
-            published = _follow(run, from_ms, to_ms)
-            users, run.arrivals = run.arrivals, fan
-            try:
-                fanned = _follow(run, from_ms, to_ms)
-            finally:
-                run.arrivals = users
+            published, fanned = _follow(run, from_ms, to_ms), _follow(run, from_ms, to_ms, fan)
+            users = run.arrivals
             assert users is not None
             got, sent = _received(users.frames), _received(fan.frames)
             delays = users.delays(from_ms, to_ms)[0], fan.delays(from_ms, to_ms)[0]

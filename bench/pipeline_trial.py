@@ -217,9 +217,9 @@ class StageDown(Exception):
 
 
 class Run:
-    """One pipeline on its own Redis and simulator; stopped by `close`. `publish_env`: settings
-    for the publish process only (e.g. more consumers); `stage_env`: environment for one stage's
-    processes only, by stage (e.g. a control module's own); `modules`: another module to run a
+    """One pipeline on its own Redis and simulator; stopped by `close`. `stage_env`: environment
+    for one stage's processes only, by stage (e.g. publish's consumers, a control module's own);
+    `modules`: another module to run a
     stage with (e.g. bench.aggregate_nostore for aggregate); `pregenerate_s` > 0: the simulator's
     lean load (`--pregenerate-s`: every frame built before it is ready, so the load costs little
     CPU during the run) covering that many seconds, instead of its live market loop."""
@@ -230,7 +230,6 @@ class Run:
         symbols: int,
         rate: int,
         profile: str | None,
-        publish_env: dict[str, str] | None = None,
         modules: dict[str, str] | None = None,
         pregenerate_s: float = 0.0,
         aggregate_replicas: int = 1,
@@ -239,7 +238,6 @@ class Run:
         self.tmp = tmp
         self.pregenerate_s = pregenerate_s
         self.aggregate_replicas = aggregate_replicas
-        self.publish_env = publish_env or {}
         self.stage_env = stage_env or {}
         self.modules = modules or {}
         self.server = RedisProcess(tmp / "redis").start()
@@ -291,9 +289,7 @@ class Run:
             module = self.modules.get(stage, stage)
             if stage == profile:
                 module, args = "cProfile", ("-o", str(self.profile_path), "-m", module)
-            extra = dict(self.stage_env.get(stage, {}))
-            if stage == "publish":
-                extra |= self.publish_env
+            extra = self.stage_env.get(stage, {})
             if stage == "aggregate" and self.aggregate_replicas > 1:
                 self._start_aggregate_replicas(module, args, extra)
                 continue

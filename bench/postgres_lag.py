@@ -186,7 +186,7 @@ def measure(pg: PostgresProcess, smoke: bool) -> tuple[Result, Lags]:
         psycopg.connect(dsn, autocommit=True) as conn,
     ):
         conn.execute("SELECT pg_create_logical_replication_slot(%s, 'test_decoding')", [SLOT])
-        run = Run(Path(tmp), symbols, rate, None, publish_env=env)
+        run = Run(Path(tmp), symbols, rate, None, stage_env={"publish": env})
         try:
             run.warm_up()
             if not _wait(lambda: any(p != (0, 0) for p in _positions(conn).values()), 60):
