@@ -11,6 +11,7 @@ from common.errors import ConfigError
 from common.gcpolicy import quiet_offset_ms
 from common.lifecycle import exit_with_config_error, run_service
 from common.logs import setup_logging
+from common.realtime import take_priority
 from common.settings import AggregateSettings, load_settings
 
 DESCRIPTION = """\
@@ -26,6 +27,7 @@ def main(argv: list[str]) -> int:
 
     try:
         settings = load_settings(AggregateSettings)
+        take_priority(settings.realtime_priority)
     except ConfigError as exc:
         exit_with_config_error(str(exc))
     setup_logging(settings.log_level, settings.log_format, "aggregate")

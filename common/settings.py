@@ -111,6 +111,7 @@ class CommonSettings(_Base):
     shutdown_timeout_s: float = Field(default=10.0, gt=0, le=600)
     lease_ttl_ms: int = Field(default=3000, ge=500, le=600_000)
     history_candles: int = Field(default=1000, ge=1, le=1_000_000)
+    realtime_priority: int = Field(default=0, ge=0, le=99)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ from common.cli import SETTINGS_EPILOG, add_version, command_parser
 from common.errors import ConfigError, RetryableError
 from common.lifecycle import exit_with_config_error, run_service
 from common.logs import setup_logging
+from common.realtime import take_priority
 from common.settings import IngestSettings, load_settings
 
 DESCRIPTION = """\
@@ -50,6 +51,7 @@ def main(argv: list[str]) -> int:
 
     try:
         settings = load_settings(IngestSettings)
+        take_priority(settings.realtime_priority)
     except ConfigError as exc:
         exit_with_config_error(str(exc))
     setup_logging(settings.log_level, settings.log_format, "ingest")

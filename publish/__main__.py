@@ -8,6 +8,7 @@ from common.cli import SETTINGS_EPILOG, command_parser
 from common.errors import ConfigError
 from common.lifecycle import exit_with_config_error, run_service
 from common.logs import setup_logging
+from common.realtime import take_priority
 from common.settings import PublishSettings, load_settings
 from publish.consumers.manager import ConsumerManager
 from publish.service import PublishService
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(PublishSettings)
         ConsumerManager.import_modules(settings.consumer_modules)
         consumers = ConsumerManager.create(names or settings.enabled_consumers, settings)
+        take_priority(settings.realtime_priority)
     except ConfigError as exc:
         exit_with_config_error(str(exc))
         return 2
