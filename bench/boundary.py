@@ -2,7 +2,9 @@
 
 The pipeline of bench.pipeline_trial (simulator → ingest → aggregate → publish → a WebSocket
 user; 500 symbols, 6 intervals, waiter 80 ms, 4 shards, one process per stage) at 5,000 and
-20,000 trades/s, three trials each, on the simulator's lean load (`--pregenerate-s`: the trades
+20,000 trades/s, three trials each in three layouts (one aggregate process; two, the shards dealt
+out; one, with aggregate, publish and Redis under SCHED_FIFO, STREAMER_REALTIME_PRIORITY 20, where
+this user may), on the simulator's lean load (`--pregenerate-s`: the trades
 drawn and encoded before the run, so the load generator takes little of the CPU the pipeline
 shares; the rows of bench.pipeline run on its live loop). After the window, every revision-0
 candle that closed at its waiter deadline (`due` = end + waiter: its symbol did not trade again
@@ -32,6 +34,8 @@ user of its own, followed beside publish's user in the same trials.
 from __future__ import annotations
 
 import bisect
+import os
+import resource
 import sys
 import tempfile
 import time
@@ -51,6 +55,7 @@ from tests.support.redisproc import free_port
 NOTES: list[str] = []
 TRIALS = 3
 REPLICAS = 2  # aggregate processes of the second layout (STREAMER_SHARD_IDS 0,2 and 1,3)
+REALTIME_PRIORITY = 20  # the third layout's (docs/deploy.md, "Real-time priority")
 LEAN_HEADROOM_S = 45.0  # the lean load's seconds beyond the window: start-up and warm-up
 
 
@@ -73,6 +78,7 @@ class Trace:
         self.windows: list[Window] = []  # CPU and run-queue wait around each deadline
         self.late_clocks: list[int] = []  # per boundary and shard: its clock entry's XADD − due
         self.boundaries: list[Boundary] = []
+        self.realtime = ""  # the processes under SCHED_FIFO, as the kernel said (Run.realtime)
 
 
 @dataclass(frozen=True)
@@ -142,18 +148,25 @@ def _follow(run: Run, from_ms: int, to_ms: int, user: _Arrivals | None = None) -
 
 
 def trial(
-    rate: int, window_s: float, symbols: int = 500, lean: bool = True, aggregate_replicas: int = 1
+    rate: int,
+    window_s: float,
+    symbols: int = 500,
+    lean: bool = True,
+    aggregate_replicas: int = 1,
+    realtime_priority: int = 0,
 ) -> tuple[Trace, Result]:
     """One pipeline run, followed; `lean`: the simulator plays pre-built frames (its load costs
-    little CPU), else its live market loop draws and encodes every trade during the run."""
+    little CPU), else its live market loop draws and encodes every trade during the run;
+    `realtime_priority`: Run's (aggregate, publish and Redis under SCHED_FIFO)."""
     with tempfile.TemporaryDirectory(prefix="bench-boundary-") as tmp:
         pregenerate_s = window_s + LEAN_HEADROOM_S if lean else 0.0
         run = Run(
             Path(tmp), symbols, rate, None, pregenerate_s=pregenerate_s,
-            aggregate_replicas=aggregate_replicas,
+            aggregate_replicas=aggregate_replicas, realtime_priority=realtime_priority,
         )  # fmt: skip
         try:
             run.warm_up()
+            trace_realtime = run.realtime()
             result = Result(symbols, rate, window_s)
             from_ms = int(run.client.time()[0]) * 1000
             assert run.arrivals is not None
@@ -162,6 +175,7 @@ def trial(
             to_ms = int(run.client.time()[0]) * 1000
             trace = _follow(run, from_ms, to_ms)
             trace.windows = sampler.windows
+            trace.realtime = trace_realtime
         finally:
             run.close()
     return trace, result
@@ -218,33 +232,48 @@ def _pooled(traces: list[Trace]) -> Trace:
     pooled = Trace()
     for trace in traces:
         for name, values in vars(trace).items():
-            getattr(pooled, name).extend(values)
+            if isinstance(values, list):
+                getattr(pooled, name).extend(values)
     return pooled
+
+
+def realtime_allowed(priority: int = REALTIME_PRIORITY) -> bool:
+    """Whether this user may put processes under SCHED_FIFO (root, or an rtprio limit)."""
+    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_RTPRIO)[0] >= priority
 
 
 def run(smoke: bool) -> list[Row]:
     """Per rate and layout (one aggregate process for the four shards, or REPLICAS of them with
-    the shards dealt out), TRIALS runs on the lean load: each one's candle delay p99 − waiter
-    (the target rows), then the hops over all of them pooled."""
+    the shards dealt out, or one with aggregate, publish and Redis at REALTIME_PRIORITY), TRIALS
+    runs on the lean load: each one's candle delay p99 − waiter (the target rows), then the hops
+    over all of them pooled."""
     NOTES.clear()
-    layouts: tuple[int, ...]
+    layouts: list[tuple[int, int]]  # aggregate processes, real-time priority
     if smoke:
-        rates, window_s, trials, layouts = [2_000], 3.0, 1, (REPLICAS,)
+        rates, window_s, trials, layouts = [2_000], 3.0, 1, [(REPLICAS, 0), (1, REALTIME_PRIORITY)]
     else:
-        rates, window_s, trials, layouts = [5_000, 20_000], 25.0, TRIALS, (1, REPLICAS)
+        rates, window_s, trials = [5_000, 20_000], 25.0, TRIALS
+        layouts = [(1, 0), (REPLICAS, 0), (1, REALTIME_PRIORITY)]
+    if not realtime_allowed():
+        layouts = [(replicas, 0) for replicas, priority in layouts if not priority]
+        NOTES.append("boundary: the real-time layout left out (needs root or `ulimit -r 20`)")
     rows = []
     for rate in rates:
-        for replicas in layouts:
-            rows += _layout(rate, replicas, window_s, trials)
+        for replicas, priority in layouts:
+            rows += _layout(rate, replicas, window_s, trials, priority)
     return rows
 
 
-def _layout(rate: int, replicas: int, window_s: float, trials: int) -> list[Row]:
+def _layout(rate: int, replicas: int, window_s: float, trials: int, priority: int = 0) -> list[Row]:
     layout = "1 aggregate process" if replicas == 1 else f"{replicas} aggregate processes"
+    if priority:
+        layout += f", real-time priority {priority}"
     stage = f"boundary, 500 symbols @ {rate:,}/s, lean load, {layout}"
     rows, traces = [], []
     for k in range(1, trials + 1):
-        trace, result = trial(rate, window_s, aggregate_replicas=replicas)
+        trace, result = trial(
+            rate, window_s, aggregate_replicas=replicas, realtime_priority=priority
+        )
         traces.append(trace)
         target = "≤ 10 ms" if rate <= 5_000 else "≤ 25 ms"
         rows.append(Row(stage, f"candle delay p99 − waiter latency, trial {k}",
@@ -253,7 +282,8 @@ def _layout(rate: int, replicas: int, window_s: float, trials: int) -> list[Row]
             f"boundary @ {rate:,}/s, {layout}, trial {k}: {len(trace.total):,} candles closed by"
             f" the waiter followed; delay p50/p99 of all candles {pct(result.delay_ms, 50):.0f}/"
             f"{pct(result.delay_ms, 99):.0f} ms; delivered {result.delivered:,.0f}/s;"
-            f" CPU {result.busiest()}; load average {result.load_1m:.1f}; {_boundaries(trace)};"
+            f" CPU {result.busiest()}; load average {result.load_1m:.1f}; under SCHED_FIFO"
+            f" (read back): {trace.realtime}; {_boundaries(trace)};"
             f" {_worst(trace)}"
         )
     trace = _pooled(traces)

@@ -222,7 +222,9 @@ class Run:
     `modules`: another module to run a
     stage with (e.g. bench.aggregate_nostore for aggregate); `pregenerate_s` > 0: the simulator's
     lean load (`--pregenerate-s`: every frame built before it is ready, so the load costs little
-    CPU during the run) covering that many seconds, instead of its live market loop."""
+    CPU during the run) covering that many seconds, instead of its live market loop;
+    `realtime_priority` > 0: aggregate and publish with STREAMER_REALTIME_PRIORITY, Redis's
+    threads under SCHED_FIFO at that priority (docs/deploy.md, "Real-time priority")."""
 
     def __init__(
         self,
@@ -234,13 +236,21 @@ class Run:
         pregenerate_s: float = 0.0,
         aggregate_replicas: int = 1,
         stage_env: dict[str, dict[str, str]] | None = None,
+        realtime_priority: int = 0,
     ) -> None:
         self.tmp = tmp
         self.pregenerate_s = pregenerate_s
         self.aggregate_replicas = aggregate_replicas
-        self.stage_env = stage_env or {}
+        self.stage_env = {stage: dict(env) for stage, env in (stage_env or {}).items()}
         self.modules = modules or {}
         self.server = RedisProcess(tmp / "redis").start()
+        if realtime_priority:
+            assert self.server.proc is not None
+            for tid in os.listdir(f"/proc/{self.server.proc.pid}/task"):  # `chrt -a -f -p`
+                os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(realtime_priority))
+            for stage in ("aggregate", "publish"):
+                env = self.stage_env.setdefault(stage, {})
+                env["STREAMER_REALTIME_PRIORITY"] = str(realtime_priority)
         self.client = self.server.client()
         self.arrivals: _Arrivals | None = None
         self.profile_path = tmp / f"{profile}.prof"
@@ -322,6 +332,15 @@ class Run:
                 STREAMER_SHARD_IDS=ids,
                 **extra,
             )
+
+    def realtime(self) -> str:
+        """Which processes run under SCHED_FIFO, and at what priority, as the kernel says."""
+        out = []
+        for name, pid in sorted(self.pids().items()):
+            tids = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+            if all(os.sched_getscheduler(tid) == os.SCHED_FIFO for tid in tids):
+                out.append(f"{name} {os.sched_getparam(pid).sched_priority}")
+        return ", ".join(out) or "none"
 
     def pids(self) -> dict[str, int]:
         pids = {name: proc.pid for name, proc in self.pipe.procs.items()}

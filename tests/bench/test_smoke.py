@@ -3,6 +3,7 @@ on a shared 2-core box figures from a smoke run mean nothing, only that every me
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -90,6 +91,11 @@ def test_every_bench_module_runs_and_reports_its_rows() -> None:
     boundary = "boundary, 500 symbols @ 2,000/s, lean load, 2 aggregate processes"
     expected |= {(boundary, f"{m}, p99") for m in BOUNDARY}
     expected.add((boundary, "candle delay p99 − waiter latency, trial 1"))
+    realtime = (
+        "boundary, 500 symbols @ 2,000/s, lean load, 1 aggregate process, real-time priority 20"
+    )
+    if os.geteuid() == 0:  # the real-time layout runs where the bench may (root here and in CI)
+        expected.add((realtime, "candle delay p99 − waiter latency, trial 1"))
     expected.add(("publish", "postgres consumer, candles/s into PostgreSQL (batch 2000)"))
     assert sorted(expected - measures) == []
     values = [value for _, _, value in rows]
@@ -99,6 +105,12 @@ def test_every_bench_module_runs_and_reports_its_rows() -> None:
     assert spent is not None, done.stdout[-3000:]  # bench.schedstat's medians, every process
     for name in ("ingest", "aggregate", "aggregate2", "publish", "redis", "simulator", "user"):
         assert re.search(rf"(^|; ){name} \d+\.\d / \d+\.\d", spent[1]), (name, spent[1])
+    # which processes the kernel had under SCHED_FIFO, read back in each trial
+    assert "2 aggregate processes, trial 1: " in done.stdout
+    assert re.search(r"2 aggregate processes, trial 1: [^\n]* \(read back\): none;", done.stdout)
+    if os.geteuid() == 0:
+        assert re.search(r"real-time priority 20, trial 1: [^\n]* \(read back\): aggregate 20,"
+                         r" publish 20, redis 20;", done.stdout)  # fmt: skip
     # each trial's slowest boundaries hop by hop, and how late the deadlines' clock entries were
     assert re.search(r"slowest boundaries .*: :\d\d\.080 -?\d+/\d+/\d+", done.stdout)
     assert re.search(r"clock entries at the deadlines \(boundary × shard, \d+\): written in the"
