@@ -4,7 +4,7 @@ On a machine with few cores, a candle's way from a waiter deadline to a WebSocke
 of processes (ingest's clock entry, Redis, the aggregator, Redis again, publish), each woken by
 the one before. Under the normal scheduler a woken process can wait milliseconds for a core behind
 work that is in no hurry (ingest's next batch of trades, a load generator); under SCHED_FIFO it
-takes a core at once. docs/benchmarks.md measures it; docs/operations.md says where to use it.
+takes a core at once. docs/benchmarks.md measures it; docs/deploy.md says where to use it.
 
 The policy is set for the calling thread before the service starts; the threads it starts later
 inherit it.
