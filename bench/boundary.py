@@ -34,8 +34,6 @@ user of its own, followed beside publish's user in the same trials.
 from __future__ import annotations
 
 import bisect
-import os
-import resource
 import sys
 import tempfile
 import time
@@ -51,6 +49,7 @@ from bench.report import Row, table
 from bench.schedstat import Sampler, Window, medians
 from common.wire import STREAM_FIELD, ClockEntry, TradesEntry, entry_decoder
 from tests.support.redisproc import free_port
+from tests.support.sched import may_take_realtime
 
 NOTES: list[str] = []
 TRIALS = 3
@@ -78,7 +77,6 @@ class Trace:
         self.windows: list[Window] = []  # CPU and run-queue wait around each deadline
         self.late_clocks: list[int] = []  # per boundary and shard: its clock entry's XADD − due
         self.boundaries: list[Boundary] = []
-        self.realtime = ""  # the processes under SCHED_FIFO, as the kernel said (Run.realtime)
 
 
 @dataclass(frozen=True)
@@ -166,8 +164,7 @@ def trial(
         )  # fmt: skip
         try:
             run.warm_up()
-            trace_realtime = run.realtime()
-            result = Result(symbols, rate, window_s)
+            result = Result(symbols, rate, window_s, realtime=run.realtime())
             from_ms = int(run.client.time()[0]) * 1000
             assert run.arrivals is not None
             with Sampler(run.pids() | {"user": run.arrivals.pid}, WAITER_MS) as sampler:
@@ -175,7 +172,6 @@ def trial(
             to_ms = int(run.client.time()[0]) * 1000
             trace = _follow(run, from_ms, to_ms)
             trace.windows = sampler.windows
-            trace.realtime = trace_realtime
         finally:
             run.close()
     return trace, result
@@ -232,14 +228,8 @@ def _pooled(traces: list[Trace]) -> Trace:
     pooled = Trace()
     for trace in traces:
         for name, values in vars(trace).items():
-            if isinstance(values, list):
-                getattr(pooled, name).extend(values)
+            getattr(pooled, name).extend(values)
     return pooled
-
-
-def realtime_allowed(priority: int = REALTIME_PRIORITY) -> bool:
-    """Whether this user may put processes under SCHED_FIFO (root, or an rtprio limit)."""
-    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_RTPRIO)[0] >= priority
 
 
 def run(smoke: bool) -> list[Row]:
@@ -254,7 +244,7 @@ def run(smoke: bool) -> list[Row]:
     else:
         rates, window_s, trials = [5_000, 20_000], 25.0, TRIALS
         layouts = [(1, 0), (REPLICAS, 0), (1, REALTIME_PRIORITY)]
-    if not realtime_allowed():
+    if not may_take_realtime(REALTIME_PRIORITY):
         layouts = [(replicas, 0) for replicas, priority in layouts if not priority]
         NOTES.append("boundary: the real-time layout left out (needs root or `ulimit -r 20`)")
     rows = []
@@ -283,7 +273,7 @@ def _layout(rate: int, replicas: int, window_s: float, trials: int, priority: in
             f" the waiter followed; delay p50/p99 of all candles {pct(result.delay_ms, 50):.0f}/"
             f"{pct(result.delay_ms, 99):.0f} ms; delivered {result.delivered:,.0f}/s;"
             f" CPU {result.busiest()}; load average {result.load_1m:.1f}; under SCHED_FIFO"
-            f" (read back): {trace.realtime}; {_boundaries(trace)};"
+            f" (read back): {result.realtime}; {_boundaries(trace)};"
             f" {_worst(trace)}"
         )
     trace = _pooled(traces)

@@ -28,6 +28,7 @@ from tests.ingest.e2e_support import Sim
 from tests.support.pipeline import PASSWORD, USER, Pipeline, wait_for_ws
 from tests.support.procs import python_module
 from tests.support.redisproc import RedisProcess, free_port
+from tests.support.sched import policies, set_fifo
 
 INTERVALS = "1s,1m,5m,15m,1h,4h"
 INTERVALS_MS = [i.ms for i in parse_intervals(INTERVALS)]
@@ -77,6 +78,7 @@ class Result:
     trades_per_entry: float = 0.0
     entry_bytes: dict[str, float] = field(default_factory=dict)  # per stream entry: trades, klines
     load_1m: float = 0.0  # the machine's load average at the end (others share it)
+    realtime: str = ""  # the processes under SCHED_FIFO, as the kernel said (Run.realtime)
 
     def failures(self) -> list[str]:
         """Why the pipeline fell behind the load it was given (empty: it kept up)."""
@@ -246,8 +248,7 @@ class Run:
         self.server = RedisProcess(tmp / "redis").start()
         if realtime_priority:
             assert self.server.proc is not None
-            for tid in os.listdir(f"/proc/{self.server.proc.pid}/task"):  # `chrt -a -f -p`
-                os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(realtime_priority))
+            set_fifo(self.server.proc.pid, realtime_priority)
             for stage in ("aggregate", "publish"):
                 env = self.stage_env.setdefault(stage, {})
                 env["STREAMER_REALTIME_PRIORITY"] = str(realtime_priority)
@@ -337,9 +338,9 @@ class Run:
         """Which processes run under SCHED_FIFO, and at what priority, as the kernel says."""
         out = []
         for name, pid in sorted(self.pids().items()):
-            tids = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
-            if all(os.sched_getscheduler(tid) == os.SCHED_FIFO for tid in tids):
-                out.append(f"{name} {os.sched_getparam(pid).sched_priority}")
+            (policy, priority), *others = policies(pid)
+            if policy == os.SCHED_FIFO and not others:
+                out.append(f"{name} {priority}")
         return ", ".join(out) or "none"
 
     def pids(self) -> dict[str, int]:

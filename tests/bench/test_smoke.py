@@ -3,14 +3,15 @@ on a shared 2-core box figures from a smoke run mean nothing, only that every me
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 
 import pytest
 
+from bench.boundary import REALTIME_PRIORITY
 from tests.support.procs import ROOT
+from tests.support.sched import may_take_realtime
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
 
@@ -94,7 +95,7 @@ def test_every_bench_module_runs_and_reports_its_rows() -> None:
     realtime = (
         "boundary, 500 symbols @ 2,000/s, lean load, 1 aggregate process, real-time priority 20"
     )
-    if os.geteuid() == 0:  # the real-time layout runs where the bench may (root here and in CI)
+    if may_take_realtime(REALTIME_PRIORITY):  # where the bench may (root here and in CI)
         expected.add((realtime, "candle delay p99 − waiter latency, trial 1"))
     expected.add(("publish", "postgres consumer, candles/s into PostgreSQL (batch 2000)"))
     assert sorted(expected - measures) == []
@@ -108,7 +109,7 @@ def test_every_bench_module_runs_and_reports_its_rows() -> None:
     # which processes the kernel had under SCHED_FIFO, read back in each trial
     assert "2 aggregate processes, trial 1: " in done.stdout
     assert re.search(r"2 aggregate processes, trial 1: [^\n]* \(read back\): none;", done.stdout)
-    if os.geteuid() == 0:
+    if may_take_realtime(REALTIME_PRIORITY):
         assert re.search(r"real-time priority 20, trial 1: [^\n]* \(read back\): aggregate 20,"
                          r" publish 20, redis 20;", done.stdout)  # fmt: skip
     # each trial's slowest boundaries hop by hop, and how late the deadlines' clock entries were

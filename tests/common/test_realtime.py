@@ -14,24 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.procs import ROOT, Proc, python_module
+from tests.support.sched import may_take_realtime, policies
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.redis]
 
 PR_CAPBSET_DROP = 24  # prctl(2)
 CAP_SYS_NICE = 23  # capability(7)
-
-
-def _may_take_realtime() -> bool:
-    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_RTPRIO)[0] >= 7
-
-
-def _policies(pid: int) -> set[tuple[int, int]]:
-    """(policy, priority) of every thread of `pid`, as the kernel has them."""
-    out = set()
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        out.add((os.sched_getscheduler(int(tid)), os.sched_getparam(int(tid)).sched_priority))
-    return out
 
 
 def _env(redis_url: str, priority: str) -> dict[str, str]:
@@ -50,7 +39,7 @@ def _env(redis_url: str, priority: str) -> dict[str, str]:
     }
 
 
-@pytest.mark.skipif(not _may_take_realtime(), reason="needs root or an rtprio limit of 7")
+@pytest.mark.skipif(not may_take_realtime(7), reason="needs root or an rtprio limit of 7")
 @pytest.mark.parametrize(("stage", "ready"), [
     ("aggregate", "shard 1 acquired"),
     ("publish", "consumer console started"),
@@ -60,12 +49,12 @@ def test_a_stage_runs_every_thread_under_sched_fifo(
 ) -> None:
     proc = python_module(stage, env=_env(redis_url, "7"), log_path=tmp_path / f"{stage}.log")
     proc.wait_output(ready)
-    assert _policies(proc.pid) == {(os.SCHED_FIFO, 7)}
+    assert policies(proc.pid) == {(os.SCHED_FIFO, 7)}
     assert proc.stop() == 0, proc.output()
 
     plain = python_module(stage, env=_env(redis_url, "0"), log_path=tmp_path / "plain.log")
     plain.wait_output(ready)
-    assert _policies(plain.pid) == {(os.SCHED_OTHER, 0)}
+    assert policies(plain.pid) == {(os.SCHED_OTHER, 0)}
     assert plain.stop() == 0, plain.output()
 
 
